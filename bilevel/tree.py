@@ -1,0 +1,36 @@
+"""Small helpers on pytrees of tensors (dicts of tensors, nested allowed).
+
+Built on `torch.utils._pytree`, the pytree module that `torch.func` itself uses.
+"""
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
+
+__all__ = ["tree_map", "tree_leaves", "tree_dot", "tree_sq_norm", "ravel", "detach"]
+
+
+def tree_dot(a, b) -> torch.Tensor:
+    """<a, b> summed over every leaf."""
+    return sum((x * y).sum() for x, y in zip(tree_leaves(a), tree_leaves(b), strict=True))
+
+
+def tree_sq_norm(a) -> torch.Tensor:
+    """||a||^2 summed over every leaf."""
+    return tree_dot(a, a)
+
+
+def detach(tree):
+    return tree_map(torch.Tensor.detach, tree)
+
+
+def ravel(tree):
+    """Flatten a pytree into one vector; returns (vector, unravel)."""
+    leaves, spec = tree_flatten(tree)
+    shapes = [leaf.shape for leaf in leaves]
+    sizes = [leaf.numel() for leaf in leaves]
+
+    def unravel(vector):
+        parts = torch.split(vector, sizes)
+        return tree_unflatten([p.reshape(s) for p, s in zip(parts, shapes, strict=True)], spec)
+
+    return torch.cat([leaf.reshape(-1) for leaf in leaves]), unravel

@@ -1,0 +1,120 @@
+"""The paper's synthetic quadratic problem (Appendix B), with closed forms.
+
+Task i holds a training quadratic and a validation quadratic
+
+    train_loss(phi) = 1/2 phi^T A_i phi + b_i^T phi
+    val_loss(phi)   = 1/2 phi^T C_i phi + d_i^T phi      (C_i = A_i, d_i = b_i unless
+                                                          distinct_val=True)
+
+with A_i = Q_i diag(s) Q_i^T, Q_i a random rotation and s log-spaced on
+[1, kappa]. The inner problem is B-MAML's (eq. 6), with lam = exp(h["log_lam"])
+a scalar or one value per coordinate (Lam = diag(lam)):
+
+    phi*_nu = (A_i + nu C_i + Lam)^{-1} (Lam theta - b_i - nu d_i)
+    u_i     = (A_i + Lam)^{-1} (C_i phi*_0 + d_i)
+    dF_i/dtheta     = Lam u_i
+    dF_i/dlog_lam_j = lam_j u_ij (theta_j - phi*_ij)        (summed over j if scalar)
+"""
+
+import math
+
+import torch
+
+from bilevel import BilevelError, BilevelProblem, checks
+
+
+class Quadratic(BilevelProblem):
+    """A fixed pool of `n_tasks` quadratic tasks in dimension `dim` (the paper's M tasks)."""
+
+    def __init__(self, dim=10, kappa=100.0, lam=1.0, n_tasks=16, distinct_val=False,
+                 seed=0, dtype=torch.float64, device="cpu"):
+        self.dim = checks.integer("dim", dim, minimum=1)
+        self.kappa = checks.positive("kappa", kappa)
+        if self.kappa < 1:
+            raise BilevelError(f"kappa must be >= 1, got {kappa!r}")
+        self.lam_init = checks.positive("lam", lam)
+        self.n_tasks = checks.integer("n_tasks", n_tasks, minimum=1)
+        self.dtype, self.device = dtype, torch.device(device)
+        generator = torch.Generator().manual_seed(seed)
+        self.pool = {"A": self._matrices(generator), "b": self._vectors(generator)}
+        if distinct_val:
+            self.pool |= {"C": self._matrices(generator), "d": self._vectors(generator)}
+        self.pool = {k: v.to(dtype=dtype, device=self.device) for k, v in self.pool.items()}
+
+    @property
+    def smoothness(self) -> float:
+        """Largest eigenvalue of A_i (and C_i): kappa."""
+        return self.kappa
+
+    def _matrices(self, generator):
+        spectrum = torch.logspace(0, math.log10(self.kappa), self.dim, dtype=torch.float64)
+        gaussian = torch.randn(self.n_tasks, self.dim, self.dim, generator=generator,
+                               dtype=torch.float64)
+        rotation, _ = torch.linalg.qr(gaussian)
+        return rotation @ torch.diag(spectrum) @ rotation.mT
+
+    def _vectors(self, generator):
+        return torch.randn(self.n_tasks, self.dim, generator=generator, dtype=torch.float64)
+
+    def init_hyper(self, generator=None):
+        theta = torch.randn(self.dim, generator=generator, dtype=self.dtype)
+        log_lam = torch.tensor(math.log(self.lam_init), dtype=self.dtype)
+        return {"theta": {"w": theta.to(self.device)}, "log_lam": log_lam.to(self.device)}
+
+    def all_tasks(self) -> dict:
+        return dict(self.pool)
+
+    def sample_tasks(self, n, generator=None):
+        """n tasks of the pool, drawn without replacement (with it when n > n_tasks)."""
+        checks.integer("n", n, minimum=1)
+        if n <= self.n_tasks:
+            index = torch.randperm(self.n_tasks, generator=generator)[:n]
+        else:
+            index = torch.randint(self.n_tasks, (n,), generator=generator)
+        return {k: v[index.to(self.device)] for k, v in self.pool.items()}
+
+    def train_loss(self, phi, h, task):
+        w = phi["w"]
+        return 0.5 * w @ task["A"] @ w + task["b"] @ w
+
+    def val_loss(self, phi, h, task):
+        w = phi["w"]
+        return 0.5 * w @ self._val(task, "C") @ w + self._val(task, "d") @ w
+
+    @staticmethod
+    def _val(task, key):
+        return task[key] if key in task else task[{"C": "A", "d": "b"}[key]]
+
+    # Closed forms, batched over a batch of tasks -------------------------------------
+
+    def _lam_vector(self, h):
+        lam = self.lam(h)
+        return lam["w"] if isinstance(lam, dict) else lam.expand(self.dim)
+
+    def solution(self, h, tasks, nu=0.0):
+        """phi*_nu for every task of the batch: shape (n, dim)."""
+        lam = self._lam_vector(h)
+        theta = h["theta"]["w"]
+        matrix = tasks["A"] + nu * self._val(tasks, "C") + torch.diag(lam)
+        rhs = lam * theta - tasks["b"] - nu * self._val(tasks, "d")
+        return torch.linalg.solve(matrix, rhs)
+
+    def outer_loss(self, h, tasks) -> torch.Tensor:
+        """F(h) = mean_i val_loss(phi*_i), exact."""
+        phi = self.solution(h, tasks)
+        curvature = torch.einsum("ni,nij,nj->n", phi, self._val(tasks, "C"), phi)
+        return (0.5 * curvature + (self._val(tasks, "d") * phi).sum(-1)).mean()
+
+    def meta_gradient(self, h, tasks) -> dict:
+        """The exact grad F(h), shaped like h (keys "theta" and "log_lam")."""
+        lam = self._lam_vector(h)
+        theta = h["theta"]["w"]
+        phi = self.solution(h, tasks)
+        val_grad = torch.einsum("nij,nj->ni", self._val(tasks, "C"), phi) + self._val(tasks, "d")
+        u = torch.linalg.solve(tasks["A"] + torch.diag(lam), val_grad)
+        grad_log_lam = (lam * u * (theta - phi)).mean(0)
+        if not isinstance(h["log_lam"], dict):
+            grad_log_lam = grad_log_lam.sum()
+        else:
+            grad_log_lam = {"w": grad_log_lam}
+        return {"theta": {"w": (lam * u).mean(0)}, "log_lam": grad_log_lam}

@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+from bilevel.tree import ravel
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
+
+def relative_error(estimate, reference) -> float:
+    """||estimate - reference|| / ||reference|| over every leaf of two pytrees."""
+    a, _ = ravel(estimate)
+    b, _ = ravel(reference)
+    return ((a - b).norm() / b.norm()).item()
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
