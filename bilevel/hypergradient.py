@@ -1,7 +1,7 @@
 """`hypergradient`: one entry point for every estimator."""
 
 import torch
-from torch.utils._pytree import tree_leaves_with_path, keystr
+from torch.utils._pytree import keystr, tree_leaves_with_path
 
 from bilevel.errors import BilevelError
 from bilevel.estimators import estimators
@@ -23,7 +23,9 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml", **opti
     diagnostics (inner gradient evaluations spent, final inner gradient norms, ...).
     """
     if not isinstance(problem, BilevelProblem):
-        raise BilevelError(f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}")
+        raise BilevelError(
+            f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}"
+        )
     check_hyper(h)
     check_tasks(tasks)
     if not callable(getattr(solver, "run", None)):

@@ -84,7 +84,7 @@ class Nesterov:
         active, taken = None, 0
         for k in range(self.steps):
             beta = self.momentum if self.momentum is not None else k / (k + 3)
-            y = tree_map(lambda p, q: p + beta * (p - q), phi, previous)
+            y = tree_map(lambda p, q, beta=beta: p + beta * (p - q), phi, previous)
             grad = grad_fn(y)
             new = tree_map(lambda p, g: p - self.lr * g, y, grad)
             if self.tol is not None:

@@ -50,7 +50,8 @@ class SharedDecoderRegression(BilevelProblem):
         """z* in closed form (the inner problem is a ridge regression in z)."""
         features = task["x"] @ h["decoder"]["D"]
         lam = h["log_lam"].exp()
-        gram = features.mT @ features / self.shots + lam * torch.eye(self.code, dtype=self.dtype, device=features.device)
+        identity = torch.eye(self.code, dtype=self.dtype, device=features.device)
+        gram = features.mT @ features / self.shots + lam * identity
         rhs = features.mT @ task["y"] / self.shots + lam * h["theta"]["z"]
         return {"z": torch.linalg.solve(gram, rhs)}
 
@@ -72,7 +73,8 @@ class TinyMLPRegression(BilevelProblem):
             "w2": normal(self.hidden, 1) / self.hidden**0.5,
             "b2": normal(1) * 0.1,
         }
-        return {"theta": theta, "log_lam": torch.tensor(self.lam0, dtype=self.dtype, device=self.device).log()}
+        log_lam = torch.tensor(self.lam0, dtype=self.dtype, device=self.device).log()
+        return {"theta": theta, "log_lam": log_lam}
 
     def sample_tasks(self, n, generator=None):
         def uniform(*shape, low, high):
