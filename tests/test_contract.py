@@ -1,0 +1,55 @@
+"""The contract every registered estimator keeps, on the quadratic (float64)."""
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves, tree_structure
+
+import bilevel
+from bilevel.tree import tree_map
+from problems.quadratic import Quadratic
+from tests.conftest import DEVICES, seeded
+
+SOLVER = bilevel.solvers.GD(lr=1 / 11, steps=50)
+
+
+def setting(device="cpu", dtype=torch.float64):
+    problem = Quadratic(dim=5, kappa=10.0, n_tasks=4, distinct_val=True, dtype=dtype,
+                        device=device)
+    h = problem.init_hyper(seeded(0))
+    h["log_lam"] = {"w": torch.linspace(-1, 1, 5, dtype=dtype, device=device)}
+    return problem, h, problem.all_tasks()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", bilevel.estimators.names())
+def test_result_has_the_keys_shapes_dtype_and_device_of_h(method, dtype, device):
+    problem, h, tasks = setting(device, dtype)
+    grad, info = bilevel.hypergradient(problem, h, tasks, solver=SOLVER, method=method)
+    assert tree_structure(grad) == tree_structure(h)
+    for g, x in zip(tree_leaves(grad), tree_leaves(h),
+                    strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype and g.device == x.device
+        assert torch.isfinite(g).all()
+    assert info["method"] == method and info["n_tasks"] == 4 and info["inner_grad_evals"] > 0
+    assert info["inner_grad_norm"].shape == (4,)
+
+
+@pytest.mark.parametrize("method", bilevel.estimators.names())
+def test_batched_tasks_equal_a_loop_over_tasks(method):
+    problem, h, tasks = setting()
+    batched, _ = bilevel.hypergradient(problem, h, tasks, solver=SOLVER, method=method)
+    singles = [bilevel.hypergradient(problem, h, {k: v[i:i + 1] for k, v in tasks.items()},
+                                     solver=SOLVER, method=method)[0] for i in range(4)]
+    looped = tree_map(lambda *g: torch.stack(g).mean(0), *singles)
+    for b, l in zip(tree_leaves(batched),
+                    tree_leaves(looped), strict=True):
+        torch.testing.assert_close(b, l, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", bilevel.estimators.names())
+def test_h_with_autograd_history_is_not_differentiated_through(method):
+    problem, h, tasks = setting()
+    h = tree_map(lambda t: t.clone().requires_grad_(), h)
+    grad, _ = bilevel.hypergradient(problem, h, tasks, solver=SOLVER, method=method)
+    assert all(not g.requires_grad for g in tree_leaves(grad))
