@@ -1,0 +1,51 @@
+"""Reptile (paper eq. 4): the mean step of the inner trajectory as the gradient for theta.
+
+With phi_K = solver.run(...) from `problem.inner_init(h, task)`, K = solver.steps and
+lr = solver.lr:
+
+    grad_theta = (theta - phi_K) / (K * lr)
+    grad_h     = d_h val_loss(phi_K, h)          for every other hyperparameter
+
+For plain GD from theta, (theta - phi_K) / (K lr) is the mean of the K inner gradients.
+Other hyperparameters get the direct term only: zero unless val_loss reads them. With a
+solver tolerance, K still counts the steps a frozen task skipped. Biased for F(h);
+memory does not grow with the number of inner steps.
+"""
+
+import dataclasses
+import numbers
+
+from torch.func import grad
+
+from bilevel.errors import BilevelError
+from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.fomaml import check_theta_shaped_like_phi
+from bilevel.inner import solve_inner
+from bilevel.regularizers import require_key
+from bilevel.tree import tree_map
+
+
+@estimators.register("reptile")
+@dataclasses.dataclass(frozen=True)
+class Reptile:
+    """(theta - phi_K) / (K * lr) for theta (eq. 4)."""
+
+    def __call__(self, problem, h, tasks, solver):
+        require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
+        lr = getattr(solver, "lr", None)
+        if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+            raise BilevelError(
+                f"reptile needs a solver with a step size lr, since it divides by "
+                f"steps * lr; got {solver!r}"
+            )
+        scale = 1.0 / (solver.steps * lr)
+
+        def task_gradient(h, task):
+            phi, stats = solve_inner(problem, h, task, solver)
+            check_theta_shaped_like_phi(h["theta"], phi, "reptile")
+            f_h = grad(problem.val_loss, argnums=1)(phi, h, task)
+            step = tree_map(lambda t, p: scale * (t - p), h["theta"], phi)
+            return f_h | {"theta": step}, stats
+
+        grads, stats = average_over_tasks(task_gradient, h, tasks)
+        return grads, solve_info("reptile", stats, solver.steps) | {"hvps": 0}

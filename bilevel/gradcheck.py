@@ -1,0 +1,118 @@
+"""`gradcheck`: every estimator against a reference hypergradient on one problem, with
+what each one costs. The measurement is pure; `gradcheck_table` formats it."""
+
+import statistics
+import time
+
+import torch
+from torch.utils._pytree import tree_structure
+
+from bilevel import checks
+from bilevel.errors import BilevelError
+from bilevel.estimators import estimators
+from bilevel.hypergradient import hypergradient
+from bilevel.tree import ravel, tree_leaves
+
+COLUMNS = (  # (row key, header, format)
+    ("method", "method", "{}"),
+    ("rel_error", "rel. error", "{:.2e}"),
+    ("inner_grad_evals", "inner grads", "{}"),
+    ("hvps", "HVPs", "{}"),
+    ("inner_grad_norm", "max |grad g|", "{:.1e}"),
+    ("time_s", "time [ms]", "{:.1f}"),
+    ("peak_memory_mib", "peak mem [MiB]", "{:.1f}"),
+)
+
+
+def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", options=None,
+              repeats: int = 3) -> list[dict]:
+    """Run each estimator on (problem, h, tasks, solver) and compare it with a reference.
+
+    methods: registered estimator names (default: every one, `bilevel list`).
+    reference: the name of an estimator whose result is the reference ("exact": implicit
+        differentiation at the solver's solution, the hypergradient when the solves have
+        converged), or a gradient dict shaped like h (e.g. `problem.meta_gradient(h, tasks)`).
+    options: {method: {option: value}}, e.g. {"fo-bmaml": {"nu": 1e-6}}.
+    repeats: timed runs per estimator, after one untimed run that gives the result; the
+        median wall time is reported.
+
+    Returns one row (dict) per method:
+        rel_error         ||grad - reference|| / ||reference|| over every leaf of h
+        inner_grad_evals  inner gradient evaluations, all tasks together
+        hvps              Hessian-vector products, or None where the estimator reports none
+                          (fo-bmaml: it uses none; exact: it forms dense Hessians)
+        inner_grad_norm   the largest final inner gradient norm over the tasks
+        time_s            median wall time of one call (perf_counter)
+        peak_memory_mib   peak CUDA memory above what was allocated before the call, or None
+                          on a CPU (not cheaply measurable there)
+    """
+    methods = estimators.names() if methods is None else list(methods)
+    for name in methods:
+        estimators.get(name)
+    options = dict(options or {})
+    reference_name = reference if isinstance(reference, str) else None
+    unused = sorted(set(options) - set(methods) - {reference_name})
+    if unused:
+        raise BilevelError(f"options: given for {', '.join(unused)}, which is not among the "
+                           f"methods checked ({', '.join(methods)})")
+    repeats = checks.integer("repeats", repeats, minimum=1)
+    if isinstance(reference, str):
+        reference, _ = hypergradient(problem, h, tasks, solver=solver, method=reference,
+                                     **options.get(reference, {}))
+    elif tree_structure(reference) != tree_structure(h):
+        raise BilevelError(f"reference must be shaped like h, got {tree_structure(reference)} "
+                           f"for h {tree_structure(h)}")
+    flat_reference, _ = ravel(reference)
+    return [measure(problem, h, tasks, solver, name, options.get(name, {}), flat_reference,
+                    repeats) for name in methods]
+
+
+def measure(problem, h, tasks, solver, method, options, flat_reference, repeats) -> dict:
+    # An untimed first call gives the result and pays torch's one-time costs (it builds
+    # forward-AD decompositions, for one), which would otherwise land on one method's time.
+    grad, info = hypergradient(problem, h, tasks, solver=solver, method=method, **options)
+    device = tree_leaves(h)[0].device
+    on_cuda = device.type == "cuda"
+    times, peak = [], None
+    for _ in range(repeats):
+        if on_cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        hypergradient(problem, h, tasks, solver=solver, method=method, **options)
+        if on_cuda:
+            torch.cuda.synchronize(device)
+            peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        times.append(time.perf_counter() - start)
+    flat, _ = ravel(grad)
+    error = (flat - flat_reference).norm() / flat_reference.norm()
+    return {
+        "method": method,
+        "options": options,
+        "rel_error": error.item(),
+        "inner_grad_evals": info["inner_grad_evals"],
+        "hvps": info.get("hvps"),
+        "inner_grad_norm": info["inner_grad_norm"].max().item(),
+        "time_s": statistics.median(times),
+        "peak_memory_mib": peak,
+    }
+
+
+def gradcheck_table(rows: list[dict]) -> str:
+    """The rows of `gradcheck` as a plain-text table, one line per method."""
+
+    def cell(row, key, spec):
+        value = row.get(key)
+        if value is None:
+            return "-"
+        return spec.format(value * 1e3 if key == "time_s" else value)
+
+    table = [[header for _, header, _ in COLUMNS]]
+    table += [[cell(row, key, spec) for key, _, spec in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(text.ljust(width) if i == 0 else text.rjust(width)
+                       for i, (text, width) in enumerate(zip(line, widths, strict=True)))
+             for line in table]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
