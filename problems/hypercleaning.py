@@ -1,0 +1,111 @@
+"""Data hyper-cleaning on the scikit-learn digits: one learnable weight per training example.
+
+The digits are split at random (seeded) into n_train training, n_val validation and
+the rest test images (features standardised with the training statistics). A
+fraction `corruption` of the training labels (seeded) is replaced by a different,
+random class; the validation set stays clean. With s(w) = 1 / (1 + e^{-w}), a linear
+classifier phi = {"W": (64, 10), "b": (10,)} and CE the cross-entropy:
+
+    train_loss(phi, h) = 1/n sum_i s(w_i) CE(x_i W + b, y_i),   w = h["weights"] (n,)
+    g(phi, h)          = train_loss(phi, h) + l2/2 ||phi||^2    (regularization "l2",
+                                                                  lam = l2 fixed)
+    F(h)               = 1/n_v sum_{val} CE(xv W* + b*, yv)
+
+Thousands of hyperparameters (one per training example), all differentiated at once.
+The inner solver starts from phi = 0. `report` gives the test accuracy for h;
+`detection` how well low weights pick out the corrupted examples.
+
+A single-task problem: `sample_tasks(n)` returns the training and validation sets
+repeated n times (leading dim n, a view).
+"""
+
+import torch
+
+from bilevel import BilevelError, BilevelProblem, checks, solve_inner
+from problems.classification import accuracy, cross_entropy, init_linear, linear_logits
+from problems.digits_data import CLASSES, FEATURES, digits, random_split, standardize
+
+
+class HyperCleaning(BilevelProblem):
+    """Learn per-example weights that undo label noise, judged on a clean validation set."""
+
+    regularization = "l2"
+
+    def __init__(self, n_train=1000, n_val=300, corruption=0.5, l2=1e-3, seed=0,
+                 dtype=torch.float32, device="cpu"):
+        self.n_train = checks.integer("n_train", n_train, minimum=1)
+        self.n_val = checks.integer("n_val", n_val, minimum=1)
+        if not 0 <= corruption < 1:
+            raise BilevelError(f"corruption must be a fraction in [0, 1), got {corruption!r}")
+        self.l2 = checks.positive("l2", l2)
+        self.dtype, self.device = dtype, torch.device(device)
+        x, y = digits(dtype, self.device)
+        n_test = checks.integer("1797 - n_train - n_val (test images)",
+                                len(y) - n_train - n_val, minimum=1)
+        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
+        train, val, test = random_split(len(y), (n_train, n_val, n_test), generator)
+        x_train, x_val, x_test = standardize(x[train], x[val], x[test])
+        n_corrupted = round(corruption * n_train)
+        self.corrupted = (torch.randperm(n_train, generator=generator) < n_corrupted).to(
+            self.device)
+        # A shift of 1..9 classes: a corrupted label is never the true one.
+        shift = torch.randint(1, CLASSES, (n_train,), generator=generator).to(self.device)
+        self.true_labels = y[train]
+        noisy = torch.where(self.corrupted, (self.true_labels + shift) % CLASSES, y[train])
+        self.data = {"x": x_train, "y": noisy, "xv": x_val, "yv": y[val]}
+        self.test = {"x": x_test, "y": y[test]}
+
+    def init_hyper(self, generator=None):
+        """weights = 0 (every example weighted 1/2; `generator` is not used)."""
+        return {"weights": torch.zeros(self.n_train, dtype=self.dtype, device=self.device)}
+
+    def lam(self, h):
+        """The fixed L2 weight `l2`."""
+        return torch.tensor(self.l2, dtype=self.dtype, device=self.device)
+
+    def sample_tasks(self, n, generator=None):
+        """{"x", "y" (noisy), "xv", "yv"} repeated n times (`generator` is not used)."""
+        checks.integer("n", n, minimum=1)
+        return {k: v.expand(n, *v.shape) for k, v in self.data.items()}
+
+    def inner_init(self, h, task):
+        return init_linear(FEATURES, CLASSES, self.dtype, self.device)
+
+    def train_loss(self, phi, h, task):
+        losses = cross_entropy(linear_logits(phi, task["x"]), task["y"])
+        return (torch.sigmoid(h["weights"]) * losses).mean()
+
+    def val_loss(self, phi, h, task):
+        return cross_entropy(linear_logits(phi, task["xv"]), task["yv"]).mean()
+
+    def eval_metrics(self, phi, h, task) -> dict:
+        """{"val_loss", "accuracy"} on the task's validation set."""
+        logits = linear_logits(phi, task["xv"])
+        return {"val_loss": cross_entropy(logits, task["yv"]).mean(),
+                "accuracy": accuracy(logits, task["yv"])}
+
+    def report(self, h, solver) -> dict:
+        """Solve the inner problem for h with `solver`: validation loss, test loss and
+        accuracy, and the final inner gradient norm, as floats."""
+        phi, stats = solve_inner(self, h, self.data, solver)
+        logits = linear_logits(phi, self.test["x"])
+        return {"val_loss": self.val_loss(phi, h, self.data).item(),
+                "test_loss": cross_entropy(logits, self.test["y"]).mean().item(),
+                "test_accuracy": accuracy(logits, self.test["y"]).item(),
+                "inner_grad_norm": stats["grad_norm"].item()}
+
+    def detection(self, h) -> dict:
+        """How well low weights mark corrupted examples, as floats:
+        auc: P(w_corrupted < w_clean) over all pairs, ties counted 1/2 (1 perfect, 0.5 chance);
+        precision: fraction of corrupted examples among the m lowest-weighted ones, m the
+        number of corrupted examples."""
+        weights, corrupted = h["weights"], self.corrupted
+        bad, good = weights[corrupted], weights[~corrupted]
+        if len(bad) == 0 or len(good) == 0:
+            raise BilevelError("detection needs both corrupted and clean training examples, "
+                               f"got {len(bad)} corrupted of {self.n_train}")
+        below = (bad[:, None] < good[None, :]).to(self.dtype)
+        tied = (bad[:, None] == good[None, :]).to(self.dtype)
+        lowest = weights.argsort()[: len(bad)]
+        return {"auc": (below + 0.5 * tied).mean().item(),
+                "precision": corrupted[lowest].to(self.dtype).mean().item()}

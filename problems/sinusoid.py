@@ -1,0 +1,91 @@
+"""Sinusoid few-shot regression (MAML, Finn et al. 2017), in its MAML and B-MAML forms.
+
+A task draws an amplitude a ~ U[0.1, 5] and a phase p ~ U[0, pi] and asks to fit
+
+    y = a sin(x - p),   x ~ U[-5, 5]
+
+from K support points (x_k, y_k), judged on Q query points (xq_q, yq_q). The model
+f_phi is an MLP 1-40-40-1 with ReLU (`hidden` sets the widths); phi and theta are
+dicts of its tensors ("w0", "b0", ...). Losses are mean squared errors:
+
+    train_loss(phi) = 1/K sum_k (f_phi(x_k) - y_k)^2
+    val_loss(phi)   = 1/Q sum_q (f_phi(xq_q) - yq_q)^2
+
+form="bmaml" (paper eq. 6, proximal regulariser):
+
+    phi*(h) = argmin_phi train_loss(phi) + lam/2 ||phi - theta||^2,   F(h) = mean val_loss(phi*)
+
+with h = {"theta", "log_lam"} (lam learned) or h = {"theta"} (lam fixed, learn_lam=False).
+
+form="maml" (paper eq. 1, regularization "none"): phi = the solver's iterate after its
+steps of plain gradient descent on train_loss from theta; h = {"theta"}. The implicit
+estimators ("fo-bmaml", "exact") return 0 for it, since phi* of an unregularised
+problem does not depend on theta: meta-train this form with an estimator that follows
+the solver (maml, fomaml, reptile).
+"""
+
+import math
+
+import torch
+
+from bilevel import BilevelError, BilevelProblem, checks
+from problems.mlp import init_mlp, mlp
+
+AMPLITUDE, PHASE, INPUT = (0.1, 5.0), (0.0, math.pi), (-5.0, 5.0)
+
+
+class Sinusoid(BilevelProblem):
+    """K-shot sinusoid regression; `form` is "bmaml" (proximal, lam) or "maml" (no regulariser)."""
+
+    def __init__(self, shots=10, queries=10, hidden=(40, 40), form="bmaml", lam=1.0,
+                 learn_lam=True, dtype=torch.float32, device="cpu"):
+        self.shots = checks.integer("shots", shots, minimum=1)
+        self.queries = checks.integer("queries", queries, minimum=1)
+        self.hidden = tuple(checks.integer("hidden width", w, minimum=1) for w in hidden)
+        self.form = checks.one_of("form", form, ("bmaml", "maml"))
+        self.regularization = "proximal" if form == "bmaml" else "none"
+        self.lam_value = checks.positive("lam", lam)
+        if not isinstance(learn_lam, bool):
+            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+        self.learn_lam = learn_lam and form == "bmaml"
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def init_hyper(self, generator=None):
+        theta = init_mlp((1, *self.hidden, 1), generator, self.dtype, self.device)
+        if not self.learn_lam:
+            return {"theta": theta}
+        log_lam = torch.tensor(math.log(self.lam_value), dtype=self.dtype, device=self.device)
+        return {"theta": theta, "log_lam": log_lam}
+
+    def lam(self, h):
+        """exp(h["log_lam"]) when lam is learned, the constructor's `lam` otherwise."""
+        if self.learn_lam:
+            return super().lam(h)
+        return torch.tensor(self.lam_value, dtype=self.dtype, device=self.device)
+
+    def sample_tasks(self, n, generator=None):
+        """{"x", "y"}: (n, shots) support set; {"xq", "yq"}: (n, queries) query set;
+        {"amplitude", "phase"}: (n,)."""
+        checks.integer("n", n, minimum=1)
+
+        def uniform(shape, bounds):
+            low, high = bounds
+            u = torch.rand(shape, generator=generator, dtype=self.dtype)
+            return (low + (high - low) * u).to(self.device)
+
+        amplitude, phase = uniform((n, 1), AMPLITUDE), uniform((n, 1), PHASE)
+        x, xq = uniform((n, self.shots), INPUT), uniform((n, self.queries), INPUT)
+        return {"x": x, "y": amplitude * torch.sin(x - phase),
+                "xq": xq, "yq": amplitude * torch.sin(xq - phase),
+                "amplitude": amplitude[:, 0], "phase": phase[:, 0]}
+
+    @staticmethod
+    def predict(phi, x):
+        """f_phi at the points x (shape (m,)): shape (m,)."""
+        return mlp(phi, x[:, None])[:, 0]
+
+    def train_loss(self, phi, h, task):
+        return ((self.predict(phi, task["x"]) - task["y"]) ** 2).mean()
+
+    def val_loss(self, phi, h, task):
+        return ((self.predict(phi, task["xq"]) - task["yq"]) ** 2).mean()
