@@ -16,7 +16,7 @@ over tasks with `torch.func.vmap`; the problem never knows which one runs.
 import abc
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from bilevel.regularizers import regularizers, require_key, weighted_sum
 
@@ -64,9 +64,15 @@ class BilevelProblem(abc.ABC):
         """lam(h) * Reg(phi; h), summed over coordinates (0 with no regulariser)."""
         terms = self.regularizer(phi, h)
         if terms is None:
-            return torch.zeros(())
+            leaf = tree_leaves(phi)[0]
+            return torch.zeros((), dtype=leaf.dtype, device=leaf.device)
         return weighted_sum(self.lam(h), terms)
 
     def inner_objective(self, phi: dict, h: dict, task) -> torch.Tensor:
         """g(phi, h) = train_loss + lam * Reg (eq. 15)."""
         return self.train_loss(phi, h, task) + self.penalty(phi, h)
+
+    def eval_metrics(self, phi: dict, h: dict, task) -> dict[str, torch.Tensor]:
+        """Scalar metrics of one held-out task at its inner solution phi; the trainer
+        averages them over tasks (default: {"val_loss": val_loss(phi, h, task)})."""
+        return {"val_loss": self.val_loss(phi, h, task)}

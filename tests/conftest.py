@@ -3,6 +3,10 @@ import torch
 
 from bilevel.tree import ravel
 
+# The tests run many tiny tensor operations, for which intra-op threads cost more than they
+# give (2-core CI: 2-8x slower with two threads).
+torch.set_num_threads(1)
+
 DEVICES = [
     "cpu",
     pytest.param(

@@ -1,0 +1,395 @@
+"""`meta_train`: the outer loop (paper Algorithm 1), the library's stateful shell.
+
+Each outer step t = 1, ..., steps:
+
+    tasks  ~ problem.sample_tasks(tasks_per_step, task generator)
+    g      = hypergradient(problem, h, tasks)           (sharded over processes)
+    g      <- g min(1, clip / ||g||)                     (optional)
+    h      <- outer optimizer step with g; scheduler step (optional)
+    every eval_every steps: mean of problem.eval_metrics on held-out tasks at h
+
+Only this module holds state, writes files (through `RunDirectory` and `checkpoint`)
+and prints; everything it calls is a pure function of tensors.
+"""
+
+import contextlib
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from bilevel import checks
+from bilevel.errors import BilevelError, DivergenceError
+from bilevel.estimators import estimators
+from bilevel.hypergradient import hypergradient
+from bilevel.problem import BilevelProblem
+from bilevel.solvers import solvers
+from bilevel.training import checkpoint, distributed
+from bilevel.training.metrics import evaluate, info_scalars, non_finite
+from bilevel.training.optimizers import OuterOptimizer, global_norm
+from bilevel.training.rundir import RunDirectory
+
+# Quantities checked for NaN / Inf at every step, and how the error names them.
+WATCHED = {"loss": "the loss", "grad_norm": "the hypergradient's norm",
+           "inner_grad_norm_mean": "an inner solution's gradient norm",
+           "inner_grad_norm_max": "an inner solution's gradient norm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainResult:
+    """h: the final hyperparameters; history: one record per step (as in metrics.jsonl);
+    run_dir: the run directory (None without `out`); summary: as in summary.json."""
+
+    h: dict
+    history: list
+    run_dir: Path | None
+    summary: dict
+
+
+def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
+               tasks_per_step: int, eval_every: int = 0, eval_tasks: int = 0, seed: int = 0,
+               out=None, checkpoint_every: int | None = None, resume: bool = False,
+               progress: bool = True) -> MetaTrainResult:
+    """Meta-train h = problem.init_hyper() for `steps` outer steps.
+
+    solver: the inner solver; method: an estimator name or {"name": ..., **options};
+    outer: an outer optimizer name or {"name": ..., **options, "clip": max norm,
+        "schedule": {"name": ..., **options}} (`bilevel.training.optimizers`);
+    eval_every, eval_tasks: evaluate on eval_tasks held-out tasks (drawn once) every
+        eval_every steps and at the last step (both 0: never);
+    seed: seeds the task, held-out and init generators and torch's global generator;
+    out: run directory (settings.json, metrics.jsonl, summary.json, plots, checkpoint.pt);
+    checkpoint_every: also checkpoint every this many steps (always at the end, with out);
+    resume: continue the run in `out` from its checkpoint, bit for bit on CPU.
+
+    Raises DivergenceError when a loss, an inner gradient norm or the hypergradient is not
+    finite; KeyboardInterrupt (Ctrl-C) checkpoints the last completed step and re-raises.
+    """
+    run = _Run(problem, solver=solver, method=method, outer=outer, steps=steps,
+               tasks_per_step=tasks_per_step, eval_every=eval_every, eval_tasks=eval_tasks,
+               seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume)
+    interrupts = _Interrupts()
+    bar = None
+    try:
+        run.start()
+        bar = _progress_bar(progress and run.processes.is_main, steps, run.step)
+        with interrupts:
+            while run.step < steps:
+                record = run.train_step(interrupts)
+                if bar is not None:
+                    bar.set_postfix_str(_postfix(record), refresh=False)
+                    bar.update(1)
+        # Leave together: a gloo process that tears down its group while another still
+        # writes its last checkpoint can abort at exit.
+        distributed.barrier(run.processes)
+    except DivergenceError as error:
+        run.finish("diverged", str(error))
+        raise
+    except KeyboardInterrupt:
+        run.interrupted(torn=interrupts.torn)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        distributed.stop(run.processes)
+    return run.finish("completed")
+
+
+class _Run:
+    """The state of one run: h's leaf tensors, the outer optimizer and scheduler, the
+    generators, the history; and the files of the main process."""
+
+    def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
+                 eval_tasks, seed, out, checkpoint_every, resume):
+        if not isinstance(problem, BilevelProblem):
+            raise BilevelError(
+                f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}")
+        if not callable(getattr(solver, "run", None)):
+            raise BilevelError(f"solver must be an inner solver with a run method, got {solver!r}")
+        self.problem, self.solver = problem, solver
+        self.method, self.method_options = _method(method)
+        self.outer = OuterOptimizer.parse(outer)
+        self.steps = checks.integer("steps", steps, minimum=1)
+        self.tasks_per_step = checks.integer("tasks_per_step", tasks_per_step, minimum=1)
+        self.eval_every = checks.integer("eval_every", eval_every)
+        self.eval_tasks = checks.integer("eval_tasks", eval_tasks)
+        if (self.eval_every == 0) != (self.eval_tasks == 0):
+            raise BilevelError(f"eval_every and eval_tasks must be both 0 (no evaluation) or "
+                               f"both >= 1, got eval_every={eval_every!r}, "
+                               f"eval_tasks={eval_tasks!r}")
+        self.seed = checks.integer("seed", seed)
+        if checkpoint_every is not None:
+            checks.integer("checkpoint_every", checkpoint_every, minimum=1)
+        if out is None and (resume or checkpoint_every is not None):
+            raise BilevelError("resume and checkpoint_every need a run directory: pass out=DIR")
+        self.checkpoint_every, self.resume = checkpoint_every, resume
+        self.out = None if out is None else Path(out)
+        self.processes = distributed.Processes()
+        self.files = None
+        self.step, self.history, self.evals_total, self.elapsed = 0, [], 0, 0.0
+        self.saved_step = None  # the step of the checkpoint on disk
+
+    # Setting up -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        torch.manual_seed(self.seed)  # a resumed run restores the state saved instead
+        fresh_h = self.problem.init_hyper(self._generator(0))
+        leaves, self.spec = tree_flatten(fresh_h)
+        self.device = leaves[0].device
+        self.processes = distributed.start(self.device)
+        eval_batch = None
+        if self.eval_tasks:
+            eval_batch = self.problem.sample_tasks(self.eval_tasks, self._generator(2))
+        self.eval_shard, self.eval_local = (
+            distributed.shard(eval_batch, self.eval_tasks, self.processes, "eval_tasks")
+            if eval_batch is not None else (None, 0))
+        self.generators = {"tasks": self._generator(1)}
+        saved = checkpoint.load(self.out) if self.resume else None
+        if saved is not None:
+            leaves = _matching_leaves(saved["h"], self.spec, leaves, self.out)
+        self.params = [leaf.detach().clone().requires_grad_(True) for leaf in leaves]
+        self.optimizer, self.scheduler = self.outer.build(self.params)
+        if saved is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(saved["scheduler"])
+            checkpoint.set_rng_states(self.generators, saved["rng"])
+            self.step, self.history = saved["step"], saved["history"]
+            self.evals_total, self.elapsed = saved["inner_grad_evals_total"], saved["time"]
+            self.saved_step = self.step
+        self.rng = checkpoint.rng_states(self.generators)
+        self.clock = time.perf_counter()
+        if self.out is not None and self.processes.is_main:
+            self.files = RunDirectory(self.out, resume=self.resume)
+            self.files.write_settings(self.settings(leaves[0].dtype), resume=self.resume)
+            self.files.restart_metrics(self.history)
+
+    def _generator(self, index: int) -> torch.Generator:
+        """Generator `index` of the run (0: init_hyper, 1: tasks, 2: held-out tasks), seeded
+        with the index-th draw of a generator seeded with `seed`: independent streams."""
+        root = torch.Generator().manual_seed(self.seed)
+        seeds = torch.randint(2**62, (3,), generator=root)
+        return torch.Generator().manual_seed(int(seeds[index]))
+
+    def settings(self, dtype) -> dict:
+        solver = {"name": _registered_name(self.solver)}
+        if dataclasses.is_dataclass(self.solver):
+            solver |= dataclasses.asdict(self.solver)
+        estimator = estimators.build(self.method, self.method_options, argument="method")
+        return {
+            "problem": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
+            "solver": solver,
+            "method": {"name": self.method, **dataclasses.asdict(estimator)},
+            "outer": self.outer.as_dict(),
+            "steps": self.steps, "tasks_per_step": self.tasks_per_step,
+            "eval_every": self.eval_every, "eval_tasks": self.eval_tasks, "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every, "world_size": self.processes.world_size,
+            "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+        }
+
+    # One step ------------------------------------------------------------------------
+
+    def h(self) -> dict:
+        return tree_unflatten([p.detach() for p in self.params], self.spec)
+
+    def train_step(self, interrupts: "_Interrupts") -> dict:
+        t = self.step + 1
+        batch = self.problem.sample_tasks(self.tasks_per_step, self.generators["tasks"])
+        tasks, n_local = distributed.shard(batch, self.tasks_per_step, self.processes,
+                                           "tasks_per_step")
+        grad, info = hypergradient(self.problem, self.h(), tasks, solver=self.solver,
+                                   method=self.method, **self.method_options)
+        grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, self.tasks_per_step,
+                                                         self.processes))[0]
+        norm = global_norm(grads)
+        entries = [("grad_norm", norm.detach().to(torch.float64), "same")]
+        entries += info_scalars(info, self.device)
+        scalars = distributed.combine(entries, n_local, self.tasks_per_step, self.processes)
+        self._check(t, scalars, WATCHED)
+        with interrupts.deferred():
+            lr = self.optimizer.param_groups[0]["lr"]
+            coefficient = self.outer.clip_coefficient(norm)
+            for param, g in zip(self.params, grads, strict=True):
+                param.grad = g if coefficient is None else g * coefficient
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.evals_total += scalars.get("inner_grad_evals", 0)
+            record = {"step": t} | {k: scalars[k] for k in ("loss",) if k in scalars}
+            record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
+                       "inner_grad_evals_total": self.evals_total}
+            if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
+                held_out = self._evaluate()
+                self._check(t, held_out, {k: f"the held-out {k[5:]}" for k in held_out})
+                if "loss" not in record and "eval_val_loss" in held_out:
+                    record["loss"] = held_out["eval_val_loss"]
+                record |= held_out
+            record |= {"time": self.elapsed + time.perf_counter() - self.clock} | scalars
+            self.step = t
+            self.history.append(record)
+            self.rng = checkpoint.rng_states(self.generators)
+            if self.files is not None:
+                self.files.log(record)
+                if t == self.steps or (self.checkpoint_every and t % self.checkpoint_every == 0):
+                    self.save()
+        return record
+
+    def _evaluate(self) -> dict:
+        sums = evaluate(self.problem, self.h(), self.eval_shard, self.solver)
+        sums = distributed.sum_over_processes(sums, self.processes)
+        names = sorted(sums)
+        means = (torch.stack([sums[k].to(torch.float64) for k in names]) / self.eval_tasks)
+        return {f"eval_{k}": v for k, v in zip(names, means.tolist(), strict=True)}
+
+    def _check(self, t: int, values: dict, watched: dict) -> None:
+        bad = non_finite(values, watched)
+        if bad is not None:
+            raise DivergenceError(t, f"{watched[bad]} ({bad})", self._kept())
+
+    def _kept(self) -> str:
+        if self.out is None:
+            return ""
+        if self.saved_step is None:
+            return f"; no checkpoint in {self.out} yet"
+        return f"; the last good checkpoint (step {self.saved_step}) is kept in {self.out}"
+
+    # Saving and stopping -------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "h": tree_unflatten([p.detach().cpu() for p in self.params], self.spec),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": self.rng,
+            "history": self.history,
+            "inner_grad_evals_total": self.evals_total,
+            "time": self.elapsed + time.perf_counter() - self.clock,
+        }
+
+    def save(self) -> None:
+        checkpoint.save(self.out, self.state())
+        self.saved_step = self.step
+
+    def interrupted(self, torn: bool) -> None:
+        """Ctrl-C: checkpoint the last completed step, unless the interrupt tore a step
+        (a second Ctrl-C during an update), and say how to resume."""
+        if not self.processes.is_main:
+            return
+        if self.files is None:
+            reason = " (no out=DIR)" if self.out is None else ""
+            print(f"\ninterrupted after step {self.step}; nothing saved{reason}", file=sys.stderr)
+            return
+        if torn:
+            message = (f"interrupted twice during step {self.step + 1}'s update, which is "
+                       f"incomplete: not saved{self._kept()}")
+        else:
+            self.save()
+            message = f"interrupted; checkpoint of step {self.step} written to {self.out}"
+        self.finish("interrupted", message)
+        print(f"\n{message}\nresume with meta_train(..., out={str(self.out)!r}, resume=True) "
+              "(same settings; steps may grow)", file=sys.stderr)
+
+    def finish(self, status: str, message: str | None = None) -> MetaTrainResult:
+        summary = {"status": status, "message": message, "steps_completed": self.step,
+                   "seed": self.seed, "inner_grad_evals_total": self.evals_total,
+                   "last": self.history[-1] if self.history else None}
+        evaluated = [r for r in self.history if "eval_val_loss" in r]
+        if evaluated:
+            best = min(evaluated, key=lambda r: r["eval_val_loss"])
+            summary["best_eval"] = {"step": best["step"], "eval_val_loss": best["eval_val_loss"]}
+        if self.files is not None:
+            self.files.finish(summary, self.history)
+        h = tree_unflatten([p.detach().clone() for p in self.params], self.spec)
+        return MetaTrainResult(h, self.history, self.out, summary)
+
+
+def _method(method) -> tuple[str, dict]:
+    if isinstance(method, str):
+        name, options = method, {}
+    elif isinstance(method, dict) and isinstance(method.get("name"), str):
+        options = dict(method)
+        name = options.pop("name")
+    else:
+        raise BilevelError(f"method must be a name or a dict with a 'name' key, got {method!r}")
+    estimators.build(name, options, argument="method")  # unknown names and options fail now
+    return name, options
+
+
+def _registered_name(solver) -> str:
+    for name in solvers.names():
+        if solvers.get(name) is type(solver):
+            return name
+    return type(solver).__qualname__
+
+
+def _matching_leaves(saved_h, spec, fresh, out) -> list:
+    """The checkpoint's h leaves, checked against the structure of problem.init_hyper()."""
+    leaves, saved_spec = tree_flatten(saved_h)
+    shapes = [tuple(leaf.shape) for leaf in leaves]
+    expected = [tuple(leaf.shape) for leaf in fresh]
+    if saved_spec != spec or shapes != expected:
+        raise BilevelError(f"resume: the hyperparameters in {out} do not match the problem's "
+                           f"(keys/shapes {saved_h!r:.200} vs init_hyper's)")
+    return [leaf.to(device=f.device, dtype=f.dtype) for leaf, f in zip(leaves, fresh,
+                                                                        strict=True)]
+
+
+def _progress_bar(show: bool, steps: int, initial: int):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, initial=initial, desc="meta-train", unit="step", file=sys.stderr)
+
+
+def _postfix(record: dict) -> str:
+    loss = record.get("loss")
+    text = f"|g|={record['grad_norm']:.3g}"
+    return text if loss is None else f"loss={loss:.4g} {text}"
+
+
+class _Interrupts:
+    """While active, Ctrl-C (SIGINT) in a `deferred()` block is held until the block ends,
+    so that a step is either wholly done or not begun; a second Ctrl-C there interrupts at
+    once and marks the state `torn`. Elsewhere Ctrl-C interrupts at once (the step under
+    way had changed nothing yet)."""
+
+    def __init__(self):
+        self.deferring = self.pending = self.torn = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if self.deferring and not self.pending:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.torn = True
+            raise
+        finally:
+            self.deferring = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt

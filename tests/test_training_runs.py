@@ -1,0 +1,120 @@
+"""meta_train in subprocesses (tests/train_quadratic.py): a run killed with SIGKILL or
+interrupted with SIGINT, then resumed, ends bit for bit where an uninterrupted run does;
+two processes under torchrun end where one process does."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bilevel.training import checkpoint
+
+SCRIPT = Path(__file__).with_name("train_quadratic.py")
+ROOT = SCRIPT.parents[1]
+STEPS = 12  # train_quadratic.SETTINGS["steps"]
+
+
+def launch(out, *extra, sleep=0.0):
+    command = [sys.executable, str(SCRIPT), "--out", str(out), "--sleep", str(sleep), *extra]
+    return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=60):
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def records(out):
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+def wait_for_lines(out, n, process, timeout=60):
+    deadline = time.monotonic() + timeout
+    path = Path(out) / "metrics.jsonl"
+    while not (path.exists() and len(path.read_text().splitlines()) >= n):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, "the run did not reach the step in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: its final checkpoint and metrics."""
+    out = tmp_path_factory.mktemp("reference")
+    finish(launch(out))
+    return checkpoint.load(out), records(out)
+
+
+def assert_same_run(out, reference):
+    saved, history = checkpoint.load(out), records(out)
+    expected, expected_history = reference
+    assert saved["step"] == STEPS and history == expected_history
+    for a, b in zip(torch.utils._pytree.tree_leaves(saved["h"]),
+                    torch.utils._pytree.tree_leaves(expected["h"]), strict=True):
+        assert torch.equal(a, b)
+    assert str(saved["optimizer"]) == str(expected["optimizer"])
+
+
+def test_a_killed_run_resumes_to_the_same_result_bitwise(tmp_path, reference):
+    run = launch(tmp_path, sleep=0.1)
+    wait_for_lines(tmp_path, 5, run)  # checkpoints every 2 steps: one at step 4 at least
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    step = checkpoint.load(tmp_path)["step"]
+    assert 4 <= step < STEPS and len(records(tmp_path)) > step
+    finish(launch(tmp_path, "--resume"))
+    assert_same_run(tmp_path, reference)
+
+
+def test_ctrl_c_checkpoints_the_last_completed_step_and_resumes(tmp_path, reference):
+    run = launch(tmp_path, sleep=0.1)
+    wait_for_lines(tmp_path, 3, run)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode != 0
+    step = checkpoint.load(tmp_path)["step"]
+    assert f"checkpoint of step {step} written to {tmp_path}" in stderr
+    assert f"resume with meta_train(..., out={str(tmp_path)!r}, resume=True)" in stderr
+    assert len(records(tmp_path)) == step and STEPS > step >= 3
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    finish(launch(tmp_path, "--resume"))
+    assert_same_run(tmp_path, reference)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_under_torchrun_match_one_process(tmp_path, reference):
+    """Batches of 5 tasks split 2 + 3: the weighted all-reduce gives the one-process mean."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+               str(SCRIPT), "--out", str(tmp_path)]
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=environment)
+    assert result.returncode == 0, result.stderr
+    saved, expected = checkpoint.load(tmp_path), reference[0]
+    for a, b in zip(torch.utils._pytree.tree_leaves(saved["h"]),
+                    torch.utils._pytree.tree_leaves(expected["h"]), strict=True):
+        assert ((a - b).norm() / b.norm()).item() < 1e-6
+    history, expected_history = records(tmp_path), reference[1]
+    assert [r["inner_grad_evals_total"] for r in history] == \
+        [r["inner_grad_evals_total"] for r in expected_history]
+    assert json.loads((tmp_path / "settings.json").read_text())["world_size"] == 2
+    for record, expected_record in zip(history, expected_history, strict=True):
+        assert record.keys() == expected_record.keys()
+        for key in ("grad_norm", "eval_val_loss", "inner_grad_norm_mean", "inner_grad_norm_max"):
+            if key in expected_record:
+                assert record[key] == pytest.approx(expected_record[key], rel=1e-6)

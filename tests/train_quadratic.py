@@ -1,0 +1,45 @@
+"""A tiny meta_train run on the quadratic, launched as a subprocess by tests/test_training_runs.py
+(plainly, or under torchrun). `--sleep` slows each step down (without changing any number)
+so that a test can interrupt the run halfway."""
+
+import argparse
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import bilevel  # noqa: E402
+from problems.quadratic import Quadratic  # noqa: E402
+
+SETTINGS = dict(
+    method={"name": "fo-bmaml", "scheme": "symmetric"},
+    outer={"name": "adam", "lr": 0.05, "clip": 0.5, "schedule": {"name": "step", "step_size": 4}},
+    steps=12, tasks_per_step=5, eval_every=3, eval_tasks=5, checkpoint_every=2,
+)
+
+
+class SlowQuadratic(Quadratic):
+    def __init__(self, sleep: float):
+        super().__init__(dim=4, kappa=10.0, n_tasks=8, dtype=torch.float64)
+        self.sleep = sleep
+
+    def sample_tasks(self, n, generator=None):
+        time.sleep(self.sleep)
+        return super().sample_tasks(n, generator)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    bilevel.meta_train(SlowQuadratic(args.sleep), solver=bilevel.solvers.GD(lr=0.05, steps=10),
+                       seed=3, out=args.out, resume=args.resume, progress=False, **SETTINGS)
+
+
+if __name__ == "__main__":
+    main()
