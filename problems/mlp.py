@@ -9,12 +9,15 @@ import torch
 
 
 def init_mlp(sizes, generator=None, dtype=torch.float32, device="cpu") -> dict:
-    """He-initialised weights (std sqrt(2 / fan_in)) and zero biases for layer widths `sizes`."""
+    """Weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for layer widths `sizes`:
+    the default of `torch.nn.Linear`, used by PyTorch ports of MAML. (He's larger scale
+    makes 0.01-step inner GD diverge on the sinusoid tasks, inputs in [-5, 5].)"""
     params = {}
     for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        weight = torch.randn(fan_in, fan_out, generator=generator, dtype=dtype)
-        params[f"w{layer}"] = (weight * (2 / fan_in) ** 0.5).to(device)
-        params[f"b{layer}"] = torch.zeros(fan_out, dtype=dtype, device=device)
+        bound = fan_in**-0.5
+        for name, shape in ((f"w{layer}", (fan_in, fan_out)), (f"b{layer}", (fan_out,))):
+            uniform = torch.rand(shape, generator=generator, dtype=dtype)
+            params[name] = ((2 * uniform - 1) * bound).to(device)
     return params
 
 

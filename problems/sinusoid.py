@@ -5,7 +5,8 @@ A task draws an amplitude a ~ U[0.1, 5] and a phase p ~ U[0, pi] and asks to fit
     y = a sin(x - p),   x ~ U[-5, 5]
 
 from K support points (x_k, y_k), judged on Q query points (xq_q, yq_q). The model
-f_phi is an MLP 1-40-40-1 with ReLU (`hidden` sets the widths); phi and theta are
+f_phi is an MLP 1-40-40-1 with ReLU (`hidden` sets the widths, `activation="tanh"` makes
+it smooth); phi and theta are
 dicts of its tensors ("w0", "b0", ...). Losses are mean squared errors:
 
     train_loss(phi) = 1/K sum_k (f_phi(x_k) - y_k)^2
@@ -32,17 +33,20 @@ from bilevel import BilevelError, BilevelProblem, checks
 from problems.mlp import init_mlp, mlp
 
 AMPLITUDE, PHASE, INPUT = (0.1, 5.0), (0.0, math.pi), (-5.0, 5.0)
+# ReLU is MAML's choice; tanh makes the inner problem smooth, for exact gradient checks.
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
 class Sinusoid(BilevelProblem):
     """K-shot sinusoid regression; `form` is "bmaml" (proximal, lam) or "maml" (no regulariser)."""
 
     def __init__(self, shots=10, queries=10, hidden=(40, 40), form="bmaml", lam=1.0,
-                 learn_lam=True, dtype=torch.float32, device="cpu"):
+                 learn_lam=True, activation="relu", dtype=torch.float32, device="cpu"):
         self.shots = checks.integer("shots", shots, minimum=1)
         self.queries = checks.integer("queries", queries, minimum=1)
         self.hidden = tuple(checks.integer("hidden width", w, minimum=1) for w in hidden)
         self.form = checks.one_of("form", form, ("bmaml", "maml"))
+        self.activation = ACTIVATIONS[checks.one_of("activation", activation, tuple(ACTIVATIONS))]
         self.regularization = "proximal" if form == "bmaml" else "none"
         self.lam_value = checks.positive("lam", lam)
         if not isinstance(learn_lam, bool):
@@ -79,10 +83,9 @@ class Sinusoid(BilevelProblem):
                 "xq": xq, "yq": amplitude * torch.sin(xq - phase),
                 "amplitude": amplitude[:, 0], "phase": phase[:, 0]}
 
-    @staticmethod
-    def predict(phi, x):
+    def predict(self, phi, x):
         """f_phi at the points x (shape (m,)): shape (m,)."""
-        return mlp(phi, x[:, None])[:, 0]
+        return mlp(phi, x[:, None], self.activation)[:, 0]
 
     def train_loss(self, phi, h, task):
         return ((self.predict(phi, task["x"]) - task["y"]) ** 2).mean()
