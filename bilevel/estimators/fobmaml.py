@@ -17,11 +17,12 @@ difference of psi therefore yields both terms, and the direct term comes out
 evaluated at the stencil points with the scheme's own order of accuracy: no
 extra solve at nu = 0 is needed for the symmetric and five-point schemes.
 
-All the solves of one difference run in lock-step, as one solve of the stacked
-problem sum_k G_{nu_k}(phi_k) (separable, so each phi_k follows its own
-gradient), from one common start with one schedule: their truncation errors
-are nearly equal and cancel in the difference. A tolerance freezes the whole
-stencil at once, so it keeps this property.
+All the solves of one difference run in lock-step, as one batch over (task,
+stencil point) pairs, from one common start with one schedule: their truncation
+errors are nearly equal and cancel in the difference. (One flat batch rather than
+a vmap over the stencil nested in a vmap over tasks: the nested transforms cost
+about 5x more per step on CPU.) With a solver tolerance each stencil point is
+frozen on its own gradient norm, so the errors cancel only down to about tol.
 """
 
 import dataclasses
@@ -30,7 +31,7 @@ import torch
 from torch.func import grad, vmap
 
 from bilevel import checks
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.base import estimators, solve_info
 from bilevel.inner import solve_inner
 from bilevel.tree import tree_leaves, tree_map
 
@@ -92,31 +93,33 @@ class FOBMAML:
         leaf = tree_leaves(h)[0]
         nu = self.resolve_nu(leaf.dtype)
         points, weights, _ = SCHEMES[self.scheme]
-        nus = torch.tensor(points, dtype=leaf.dtype, device=leaf.device) * nu
+        m = len(points)
         weights = torch.tensor(weights, dtype=leaf.dtype, device=leaf.device) / nu
-        stencil_solver = solver
-        if self.warm_start_steps is not None:
+        if self.warm_start_steps is None:
+            stencil_solver = solver
+            inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
+        else:
             stencil_solver = dataclasses.replace(solver, steps=self.warm_start_steps)
+            inits, _ = vmap(solve_inner, in_dims=(None, None, 0, None))(problem, h, tasks, solver)
+        n = tree_leaves(inits)[0].shape[0]
+        nus = torch.tensor(points, dtype=leaf.dtype, device=leaf.device).repeat(n) * nu
 
-        def task_gradient(h, task):
-            init = problem.inner_init(h, task)
-            if self.warm_start_steps is not None:
-                init, _ = solve_inner(problem, h, task, solver, init)
-            stacked_init = tree_map(lambda t: t.expand(len(nus), *t.shape), init)
-            each = vmap(perturbed_objective, in_dims=(None, 0, None, None, 0))
+        def stencil_point(h, task, init, nu):
+            def objective(phi):
+                return perturbed_objective(problem, phi, h, task, nu)
 
-            def stacked_objective(phis):
-                return each(problem, phis, h, task, nus).sum()
+            phi, stats = stencil_solver.run(grad(objective), init)
+            return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
 
-            phis, stats = stencil_solver.run(grad(stacked_objective), stacked_init)
-            psi = grad(perturbed_objective, argnums=2)
-            psis = vmap(psi, in_dims=(None, 0, None, None, 0))(problem, phis, h, task, nus)
-            return tree_map(lambda p: torch.tensordot(weights, p, dims=1), psis), stats
+        def each_point(t):  # (n, ...) -> (n * m, ...), task-major
+            return t.repeat_interleave(m, dim=0)
 
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
-        evals = len(nus) * stencil_solver.steps
-        if self.warm_start_steps is not None:
-            evals += solver.steps
+        psis, stats = vmap(stencil_point, in_dims=(None, 0, 0, 0))(
+            h, tree_map(each_point, tasks), tree_map(each_point, inits), nus)
+        grads = tree_map(lambda p: torch.tensordot(
+            weights, p.reshape(n, m, *p.shape[1:]).mean(0), dims=1), psis)
+        stats = {key: value.reshape(n, m).amax(1) for key, value in stats.items()}
+        evals = m * stencil_solver.steps + (0 if self.warm_start_steps is None else solver.steps)
         info = solve_info("fo-bmaml", stats, evals) | {"nu": nu, "scheme": self.scheme}
         return grads, info
 
