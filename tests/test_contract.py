@@ -73,3 +73,15 @@ def test_runs_under_no_grad_with_the_same_result(method):
         quiet, _ = bilevel.hypergradient(problem, h, tasks, solver=SOLVER, method=method)
     for a, b in zip(tree_leaves(grad), tree_leaves(quiet), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", bilevel.estimators.names())
+def test_info_reports_the_outer_loss_of_each_task(method):
+    """info["val_loss"]: val_loss at each task's inner solution (fo-bmaml: averaged over its
+    stencil); with converged solves its mean is F(h) in closed form."""
+    problem, h, tasks = setting()
+    converged = bilevel.solvers.GD(lr=1 / 11, steps=400)
+    _, info = bilevel.hypergradient(problem, h, tasks, solver=converged, method=method)
+    assert info["val_loss"].shape == (4,)
+    torch.testing.assert_close(info["val_loss"].mean(), problem.outer_loss(h, tasks),
+                               rtol=1e-8, atol=0)

@@ -21,7 +21,8 @@ def average_over_tasks(task_gradient, h, tasks):
 
 
 def solve_info(method: str, stats: dict, evals_per_task: int) -> dict:
-    """Diagnostics common to every estimator that runs the inner solver."""
+    """Diagnostics common to every estimator that runs the inner solver; `stats` holds one
+    entry per task: the solver's "grad_norm" and "steps", and "val_loss"."""
     n_tasks = stats["grad_norm"].shape[0]
     return {
         "method": method,
@@ -29,4 +30,6 @@ def solve_info(method: str, stats: dict, evals_per_task: int) -> dict:
         "inner_grad_evals": n_tasks * evals_per_task,
         "inner_grad_norm": stats["grad_norm"],
         "inner_steps": stats["steps"],
+        # val_loss at each task's inner solution: the outer loss F_i(h) the step estimates
+        "val_loss": stats["val_loss"],
     }

@@ -13,7 +13,7 @@ number of inner parameters. The result is exact up to the inner solve's error.
 import dataclasses
 
 import torch
-from torch.func import grad, hessian
+from torch.func import grad, grad_and_value, hessian
 
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
 from bilevel.inner import solve_inner
@@ -36,10 +36,10 @@ class Exact:
             def f(x, h):
                 return problem.val_loss(unravel(x), h, task)
 
-            f_phi, f_h = grad(f, argnums=(0, 1))(flat_phi, h)
+            (f_phi, f_h), val_loss = grad_and_value(f, argnums=(0, 1))(flat_phi, h)
             v = torch.linalg.solve(hessian(g)(flat_phi, h), f_phi)
             mixed = grad(lambda h: torch.dot(grad(g)(flat_phi, h), v))(h)
-            return tree_map(torch.sub, f_h, mixed), stats
+            return tree_map(torch.sub, f_h, mixed), stats | {"val_loss": val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
         return grads, solve_info("exact", stats, solver.steps)

@@ -47,6 +47,7 @@ class FOBMAMLJVP:
                     return grad(perturbed_objective, argnums=1)(problem, phi, h, task, nu)
 
                 phi, stats = solver.run(inner_gradient, init)
+                stats = stats | {"val_loss": problem.val_loss(phi, h, task)}
                 return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
 
             _, d_psi, stats = jvp(psi, (zero,), (one,), has_aux=True)

@@ -13,7 +13,7 @@ only: zero unless val_loss reads them. Biased for F(h) even with converged solve
 
 import dataclasses
 
-from torch.func import grad
+from torch.func import grad_and_value
 from torch.utils._pytree import tree_structure
 
 from bilevel.errors import BilevelError
@@ -42,8 +42,9 @@ class FOMAML:
         def task_gradient(h, task):
             phi, stats = solve_inner(problem, h, task, solver)
             check_theta_shaped_like_phi(h["theta"], phi, "fomaml")
-            f_phi, f_h = grad(problem.val_loss, argnums=(0, 1))(phi, h, task)
-            return f_h | {"theta": tree_map(lambda a, b: a + b, f_h["theta"], f_phi)}, stats
+            (f_phi, f_h), val_loss = grad_and_value(problem.val_loss, argnums=(0, 1))(phi, h, task)
+            theta = tree_map(lambda a, b: a + b, f_h["theta"], f_phi)
+            return f_h | {"theta": theta}, stats | {"val_loss": val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
         return grads, solve_info("fomaml", stats, solver.steps) | {"hvps": 0}

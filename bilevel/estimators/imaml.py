@@ -15,7 +15,7 @@ of inner steps. CG needs H symmetric positive definite: g strongly convex near p
 import dataclasses
 
 import torch
-from torch.func import grad, jvp, vjp
+from torch.func import grad, grad_and_value, jvp, vjp
 
 from bilevel import checks
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
@@ -85,13 +85,13 @@ class IMAML:
             def hessian_vector_product(v):
                 return jvp(lambda x: g_phi(x, h), (flat_phi,), (v,))[1]
 
-            f_phi, f_h = grad(lambda x, h: problem.val_loss(unravel(x), h, task),
-                              argnums=(0, 1))(flat_phi, h)
+            (f_phi, f_h), val_loss = grad_and_value(
+                lambda x, h: problem.val_loss(unravel(x), h, task), argnums=(0, 1))(flat_phi, h)
             v, cg_stats = conjugate_gradient(hessian_vector_product, f_phi, self.cg_steps,
                                              self.tol)
             _, pull_back = vjp(lambda h: g_phi(flat_phi, h), h)
             (mixed,) = pull_back(v)
-            return tree_map(torch.sub, f_h, mixed), stats | cg_stats
+            return tree_map(torch.sub, f_h, mixed), stats | cg_stats | {"val_loss": val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
         info = solve_info("imaml", stats, solver.steps)

@@ -13,7 +13,7 @@ backward pass, so memory grows linearly with K (DESIGN section 5).
 
 import dataclasses
 
-from torch.func import grad
+from torch.func import grad_and_value
 
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
 from bilevel.inner import solve_inner
@@ -30,7 +30,8 @@ class MAML:
                 phi, stats = solve_inner(problem, h, task, solver)
                 return problem.val_loss(phi, h, task), stats
 
-            return grad(k_step_objective, has_aux=True)(h)
+            grads, (val_loss, stats) = grad_and_value(k_step_objective, has_aux=True)(h)
+            return grads, stats | {"val_loss": val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
         info = solve_info("maml", stats, solver.steps)

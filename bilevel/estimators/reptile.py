@@ -15,7 +15,7 @@ memory does not grow with the number of inner steps.
 import dataclasses
 import numbers
 
-from torch.func import grad
+from torch.func import grad_and_value
 
 from bilevel.errors import BilevelError
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
@@ -43,9 +43,9 @@ class Reptile:
         def task_gradient(h, task):
             phi, stats = solve_inner(problem, h, task, solver)
             check_theta_shaped_like_phi(h["theta"], phi, "reptile")
-            f_h = grad(problem.val_loss, argnums=1)(phi, h, task)
+            f_h, val_loss = grad_and_value(problem.val_loss, argnums=1)(phi, h, task)
             step = tree_map(lambda t, p: scale * (t - p), h["theta"], phi)
-            return f_h | {"theta": step}, stats
+            return f_h | {"theta": step}, stats | {"val_loss": val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
         return grads, solve_info("reptile", stats, solver.steps) | {"hvps": 0}

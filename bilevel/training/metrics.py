@@ -14,8 +14,9 @@ from torch.func import vmap
 
 from bilevel.inner import solve_inner
 
-# An estimator that reports the outer loss of its tasks, val_loss(phi*_i, h, task_i), puts
-# it in info under this key (one value per task); the trainer logs its mean as "loss".
+# Every estimator reports the outer loss of its tasks, val_loss(phi_i, h, task_i) at the
+# inner solutions, in info under this key (one value per task); the trainer logs its mean
+# over the step's tasks as "loss".
 LOSS_KEY = "val_loss"
 
 

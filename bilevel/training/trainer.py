@@ -221,14 +221,12 @@ class _Run:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.evals_total += scalars.get("inner_grad_evals", 0)
-            record = {"step": t} | {k: scalars[k] for k in ("loss",) if k in scalars}
+            record = {"step": t, "loss": scalars.pop("loss")}
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
             if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
                 held_out = self._evaluate()
                 self._check(t, held_out, {k: f"the held-out {k[5:]}" for k in held_out})
-                if "loss" not in record and "eval_val_loss" in held_out:
-                    record["loss"] = held_out["eval_val_loss"]
                 record |= held_out
             record |= {"time": self.elapsed + time.perf_counter() - self.clock} | scalars
             self.step = t
