@@ -18,20 +18,19 @@ phi and theta dicts of its tensors ("w0", "b0", ...), with the cross-entropy CE:
 accuracy; `sample_tasks(n, split="test")` draws meta-test tasks.
 """
 
-import math
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from bilevel import BilevelError, BilevelProblem, checks
+from bilevel import BilevelError, checks
 from problems.classification import accuracy, cross_entropy
 from problems.digits_data import CLASSES, FEATURES, digits, standardize
-from problems.mlp import init_mlp, mlp
+from problems.mlp import MLPPrior, mlp
 
 SPLITS = ("train", "test")
 
 
-class Digits(BilevelProblem):
+class Digits(MLPPrior):
     """N-way (`ways`) K-shot (`shots`) digit classification with a proximal prior."""
 
     def __init__(self, ways=4, shots=1, queries=10, hidden=(32,), train_classes=range(6),
@@ -41,11 +40,7 @@ class Digits(BilevelProblem):
         self.shots = checks.integer("shots", shots, minimum=1)
         self.queries = checks.integer("queries", queries, minimum=1)
         self.hidden = tuple(checks.integer("hidden width", w, minimum=1) for w in hidden)
-        self.lam_value = checks.positive("lam", lam)
-        if not isinstance(learn_lam, bool):
-            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
-        self.learn_lam = learn_lam
-        self.dtype, self.device = dtype, torch.device(device)
+        self.set_prior((FEATURES, *self.hidden, self.ways), lam, learn_lam, dtype, device)
         self.classes = {"train": self._check_classes("train_classes", train_classes),
                         "test": self._check_classes("test_classes", test_classes)}
         if set(self.classes["train"]) & set(self.classes["test"]):
@@ -76,20 +71,6 @@ class Digits(BilevelProblem):
                 f"shots + queries must be at most {int(counts.min())} (the smallest class of "
                 f"{classes}), got {self.shots} + {self.queries}")
         return pad_sequence(members, batch_first=True), counts
-
-    def init_hyper(self, generator=None):
-        theta = init_mlp((FEATURES, *self.hidden, self.ways), generator, self.dtype,
-                         self.device)
-        if not self.learn_lam:
-            return {"theta": theta}
-        log_lam = torch.tensor(math.log(self.lam_value), dtype=self.dtype, device=self.device)
-        return {"theta": theta, "log_lam": log_lam}
-
-    def lam(self, h):
-        """exp(h["log_lam"]) when lam is learned, the constructor's `lam` otherwise."""
-        if self.learn_lam:
-            return super().lam(h)
-        return torch.tensor(self.lam_value, dtype=self.dtype, device=self.device)
 
     def sample_tasks(self, n, generator=None, split="train"):
         """n tasks of the `split` ("train": meta-train classes, "test": meta-test classes):

@@ -21,39 +21,30 @@ repeated n times (leading dim n, a view).
 
 import torch
 
-from bilevel import BilevelError, BilevelProblem, checks, solve_inner
-from problems.classification import accuracy, cross_entropy, init_linear, linear_logits
-from problems.digits_data import CLASSES, FEATURES, digits, random_split, standardize
+from bilevel import BilevelError, checks
+from problems.classification import cross_entropy, linear_logits
+from problems.digits_data import CLASSES
+from problems.linear_digits import LinearDigits
 
 
-class HyperCleaning(BilevelProblem):
+class HyperCleaning(LinearDigits):
     """Learn per-example weights that undo label noise, judged on a clean validation set."""
-
-    regularization = "l2"
 
     def __init__(self, n_train=1000, n_val=300, corruption=0.5, l2=1e-3, seed=0,
                  dtype=torch.float32, device="cpu"):
-        self.n_train = checks.integer("n_train", n_train, minimum=1)
-        self.n_val = checks.integer("n_val", n_val, minimum=1)
         if not 0 <= corruption < 1:
             raise BilevelError(f"corruption must be a fraction in [0, 1), got {corruption!r}")
         self.l2 = checks.positive("l2", l2)
-        self.dtype, self.device = dtype, torch.device(device)
-        x, y = digits(dtype, self.device)
-        n_test = checks.integer("1797 - n_train - n_val (test images)",
-                                len(y) - n_train - n_val, minimum=1)
-        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
-        train, val, test = random_split(len(y), (n_train, n_val, n_test), generator)
-        x_train, x_val, x_test = standardize(x[train], x[val], x[test])
+        generator = self.split(n_train, n_val, seed, dtype, device)
         n_corrupted = round(corruption * n_train)
         self.corrupted = (torch.randperm(n_train, generator=generator) < n_corrupted).to(
             self.device)
         # A shift of 1..9 classes: a corrupted label is never the true one.
         shift = torch.randint(1, CLASSES, (n_train,), generator=generator).to(self.device)
-        self.true_labels = y[train]
-        noisy = torch.where(self.corrupted, (self.true_labels + shift) % CLASSES, y[train])
-        self.data = {"x": x_train, "y": noisy, "xv": x_val, "yv": y[val]}
-        self.test = {"x": x_test, "y": y[test]}
+        self.true_labels = self.data["y"]
+        noisy = torch.where(self.corrupted, (self.true_labels + shift) % CLASSES,
+                            self.true_labels)
+        self.data = self.data | {"y": noisy}
 
     def init_hyper(self, generator=None):
         """weights = 0 (every example weighted 1/2; `generator` is not used)."""
@@ -63,36 +54,9 @@ class HyperCleaning(BilevelProblem):
         """The fixed L2 weight `l2`."""
         return torch.tensor(self.l2, dtype=self.dtype, device=self.device)
 
-    def sample_tasks(self, n, generator=None):
-        """{"x", "y" (noisy), "xv", "yv"} repeated n times (`generator` is not used)."""
-        checks.integer("n", n, minimum=1)
-        return {k: v.expand(n, *v.shape) for k, v in self.data.items()}
-
-    def inner_init(self, h, task):
-        return init_linear(FEATURES, CLASSES, self.dtype, self.device)
-
     def train_loss(self, phi, h, task):
         losses = cross_entropy(linear_logits(phi, task["x"]), task["y"])
         return (torch.sigmoid(h["weights"]) * losses).mean()
-
-    def val_loss(self, phi, h, task):
-        return cross_entropy(linear_logits(phi, task["xv"]), task["yv"]).mean()
-
-    def eval_metrics(self, phi, h, task) -> dict:
-        """{"val_loss", "accuracy"} on the task's validation set."""
-        logits = linear_logits(phi, task["xv"])
-        return {"val_loss": cross_entropy(logits, task["yv"]).mean(),
-                "accuracy": accuracy(logits, task["yv"])}
-
-    def report(self, h, solver) -> dict:
-        """Solve the inner problem for h with `solver`: validation loss, test loss and
-        accuracy, and the final inner gradient norm, as floats."""
-        phi, stats = solve_inner(self, h, self.data, solver)
-        logits = linear_logits(phi, self.test["x"])
-        return {"val_loss": self.val_loss(phi, h, self.data).item(),
-                "test_loss": cross_entropy(logits, self.test["y"]).mean().item(),
-                "test_accuracy": accuracy(logits, self.test["y"]).item(),
-                "inner_grad_norm": stats["grad_norm"].item()}
 
     def detection(self, h) -> dict:
         """How well low weights mark corrupted examples, as floats:

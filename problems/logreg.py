@@ -22,31 +22,20 @@ import math
 
 import torch
 
-from bilevel import BilevelProblem, checks, solve_inner
-from problems.classification import accuracy, cross_entropy, init_linear, linear_logits
-from problems.digits_data import CLASSES, FEATURES, digits, random_split, standardize
+from bilevel import checks
+from problems.classification import cross_entropy, linear_logits
+from problems.digits_data import CLASSES, FEATURES
+from problems.linear_digits import LinearDigits
 
 
-class LogReg(BilevelProblem):
+class LogReg(LinearDigits):
     """Softmax regression on the digits with a scalar or per-feature L2 weight."""
-
-    regularization = "l2"
 
     def __init__(self, n_train=500, n_val=500, per_feature=False, lam=1e-2, seed=0,
                  dtype=torch.float32, device="cpu"):
-        self.n_train = checks.integer("n_train", n_train, minimum=1)
-        self.n_val = checks.integer("n_val", n_val, minimum=1)
         self.per_feature = bool(per_feature)
         self.lam_init = checks.positive("lam", lam)
-        self.dtype, self.device = dtype, torch.device(device)
-        x, y = digits(dtype, self.device)
-        n_test = checks.integer("1797 - n_train - n_val (test images)",
-                                len(y) - n_train - n_val, minimum=1)
-        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
-        train, val, test = random_split(len(y), (n_train, n_val, n_test), generator)
-        x_train, x_val, x_test = standardize(x[train], x[val], x[test])
-        self.data = {"x": x_train, "y": y[train], "xv": x_val, "yv": y[val]}
-        self.test = {"x": x_test, "y": y[test]}
+        self.split(n_train, n_val, seed, dtype, device)
 
     def init_hyper(self, generator=None):
         """log_lam = log(lam), scalar or per feature (`generator` is not used)."""
@@ -63,32 +52,5 @@ class LogReg(BilevelProblem):
             return lam
         return {"W": lam["W"][:, None].expand(FEATURES, CLASSES), "b": lam["b"]}
 
-    def sample_tasks(self, n, generator=None):
-        """{"x", "y", "xv", "yv"} (training and validation sets) repeated n times."""
-        checks.integer("n", n, minimum=1)
-        return {k: v.expand(n, *v.shape) for k, v in self.data.items()}
-
-    def inner_init(self, h, task):
-        return init_linear(FEATURES, CLASSES, self.dtype, self.device)
-
     def train_loss(self, phi, h, task):
         return cross_entropy(linear_logits(phi, task["x"]), task["y"]).mean()
-
-    def val_loss(self, phi, h, task):
-        return cross_entropy(linear_logits(phi, task["xv"]), task["yv"]).mean()
-
-    def eval_metrics(self, phi, h, task) -> dict:
-        """{"val_loss", "accuracy"} on the task's validation set."""
-        logits = linear_logits(phi, task["xv"])
-        return {"val_loss": cross_entropy(logits, task["yv"]).mean(),
-                "accuracy": accuracy(logits, task["yv"])}
-
-    def report(self, h, solver) -> dict:
-        """Solve the inner problem for h with `solver`; validation and test loss, test
-        accuracy, and the final inner gradient norm, as floats."""
-        phi, stats = solve_inner(self, h, self.data, solver)
-        logits = linear_logits(phi, self.test["x"])
-        return {"val_loss": self.val_loss(phi, h, self.data).item(),
-                "test_loss": cross_entropy(logits, self.test["y"]).mean().item(),
-                "test_accuracy": accuracy(logits, self.test["y"]).item(),
-                "inner_grad_norm": stats["grad_norm"].item()}

@@ -5,7 +5,11 @@
 `x` is (batch, sizes[0]); weights are stored (fan_in, fan_out).
 """
 
+import math
+
 import torch
+
+from bilevel import BilevelError, BilevelProblem, checks
 
 
 def init_mlp(sizes, generator=None, dtype=torch.float32, device="cpu") -> dict:
@@ -29,3 +33,29 @@ def mlp(params: dict, x: torch.Tensor, activation=torch.relu) -> torch.Tensor:
         if layer < depth - 1:
             x = activation(x)
     return x
+
+
+class MLPPrior(BilevelProblem):
+    """A B-MAML prior over an MLP: h = {"theta": the MLP's tensors, "log_lam"}, or
+    h = {"theta"} with lam fixed. Subclasses call `set_prior` in their __init__."""
+
+    def set_prior(self, sizes, lam, learn_lam, dtype, device):
+        self.sizes = tuple(sizes)
+        self.lam_value = checks.positive("lam", lam)
+        if not isinstance(learn_lam, bool):
+            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+        self.learn_lam = learn_lam
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def init_hyper(self, generator=None):
+        theta = init_mlp(self.sizes, generator, self.dtype, self.device)
+        if not self.learn_lam:
+            return {"theta": theta}
+        log_lam = torch.tensor(math.log(self.lam_value), dtype=self.dtype, device=self.device)
+        return {"theta": theta, "log_lam": log_lam}
+
+    def lam(self, h):
+        """exp(h["log_lam"]) when lam is learned, the constructor's `lam` otherwise."""
+        if self.learn_lam:
+            return super().lam(h)
+        return torch.tensor(self.lam_value, dtype=self.dtype, device=self.device)

@@ -29,15 +29,15 @@ import math
 
 import torch
 
-from bilevel import BilevelError, BilevelProblem, checks
-from problems.mlp import init_mlp, mlp
+from bilevel import BilevelError, checks
+from problems.mlp import MLPPrior, mlp
 
 AMPLITUDE, PHASE, INPUT = (0.1, 5.0), (0.0, math.pi), (-5.0, 5.0)
 # ReLU is MAML's choice; tanh makes the inner problem smooth, for exact gradient checks.
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
-class Sinusoid(BilevelProblem):
+class Sinusoid(MLPPrior):
     """K-shot sinusoid regression; `form` is "bmaml" (proximal, lam) or "maml" (no regulariser)."""
 
     def __init__(self, shots=10, queries=10, hidden=(40, 40), form="bmaml", lam=1.0,
@@ -48,24 +48,9 @@ class Sinusoid(BilevelProblem):
         self.form = checks.one_of("form", form, ("bmaml", "maml"))
         self.activation = ACTIVATIONS[checks.one_of("activation", activation, tuple(ACTIVATIONS))]
         self.regularization = "proximal" if form == "bmaml" else "none"
-        self.lam_value = checks.positive("lam", lam)
         if not isinstance(learn_lam, bool):
             raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
-        self.learn_lam = learn_lam and form == "bmaml"
-        self.dtype, self.device = dtype, torch.device(device)
-
-    def init_hyper(self, generator=None):
-        theta = init_mlp((1, *self.hidden, 1), generator, self.dtype, self.device)
-        if not self.learn_lam:
-            return {"theta": theta}
-        log_lam = torch.tensor(math.log(self.lam_value), dtype=self.dtype, device=self.device)
-        return {"theta": theta, "log_lam": log_lam}
-
-    def lam(self, h):
-        """exp(h["log_lam"]) when lam is learned, the constructor's `lam` otherwise."""
-        if self.learn_lam:
-            return super().lam(h)
-        return torch.tensor(self.lam_value, dtype=self.dtype, device=self.device)
+        self.set_prior((1, *self.hidden, 1), lam, learn_lam and form == "bmaml", dtype, device)
 
     def sample_tasks(self, n, generator=None):
         """{"x", "y"}: (n, shots) support set; {"xq", "yq"}: (n, queries) query set;
