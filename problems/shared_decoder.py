@@ -16,6 +16,8 @@ with tanh outputs) and a task code phi = {"z"} adapted per task:
     z*(h) = argmin_z train_loss(z; theta_d) + lam/2 ||z - theta||^2      (eq. 15)
     F(h)  = mean over tasks of val_loss(z*(h); theta_d),  h = {"theta", "decoder", "log_lam"}
 
+(h without "log_lam", lam fixed at `lam`, when learn_lam=False.)
+
 lam matters here: with K close to k and noisy labels the code overfits when lam is
 small and ignores the data when it is large; for the teacher's own features the
 Bayes posterior mean is z* with lam = 2 sigma^2 / (K s^2). The decoder's tanh outputs
@@ -29,7 +31,7 @@ import math
 
 import torch
 
-from bilevel import BilevelProblem, checks
+from bilevel import BilevelError, BilevelProblem, checks
 from problems.mlp import init_mlp, mlp
 
 INPUT = (-2.0, 2.0)
@@ -47,7 +49,7 @@ class SharedDecoder(BilevelProblem):
     """Latent-code regression: meta-learn a decoder, the codes' prior theta and lam."""
 
     def __init__(self, code=5, shots=5, queries=20, hidden=32, noise=0.5, spread=1.0,
-                 lam=1.0, seed=0, dtype=torch.float32, device="cpu"):
+                 lam=1.0, learn_lam=True, seed=0, dtype=torch.float32, device="cpu"):
         self.code = checks.integer("code", code, minimum=1)
         self.shots = checks.integer("shots", shots, minimum=1)
         self.queries = checks.integer("queries", queries, minimum=1)
@@ -55,6 +57,9 @@ class SharedDecoder(BilevelProblem):
         self.noise = checks.positive("noise", noise)
         self.spread = checks.positive("spread", spread)
         self.lam_init = checks.positive("lam", lam)
+        if not isinstance(learn_lam, bool):
+            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+        self.learn_lam = learn_lam
         self.dtype, self.device = dtype, torch.device(device)
         generator = torch.Generator().manual_seed(checks.integer("seed", seed))
         teacher = init_mlp((1, TEACHER_HIDDEN, code), generator, dtype, self.device)
@@ -68,12 +73,18 @@ class SharedDecoder(BilevelProblem):
 
     def init_hyper(self, generator=None):
         decoder = init_mlp((1, self.hidden, self.code), generator, self.dtype, self.device)
-        return {
-            "theta": {"z": torch.zeros(self.code, dtype=self.dtype, device=self.device)},
-            "decoder": decoder,
-            "log_lam": torch.tensor(math.log(self.lam_init), dtype=self.dtype,
-                                    device=self.device),
-        }
+        h = {"theta": {"z": torch.zeros(self.code, dtype=self.dtype, device=self.device)},
+             "decoder": decoder}
+        if not self.learn_lam:
+            return h
+        log_lam = torch.tensor(math.log(self.lam_init), dtype=self.dtype, device=self.device)
+        return h | {"log_lam": log_lam}
+
+    def lam(self, h):
+        """exp(h["log_lam"]) when lam is learned, the constructor's `lam` otherwise."""
+        if self.learn_lam:
+            return super().lam(h)
+        return torch.tensor(self.lam_init, dtype=self.dtype, device=self.device)
 
     def sample_tasks(self, n, generator=None):
         """{"x", "y"}: (n, shots) support; {"xq", "yq"}: (n, queries) query; {"z"}: (n, code)

@@ -1,0 +1,45 @@
+"""End-to-end: every example runs a few steps (`--quick`) and writes finite results."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# example script -> the result files it writes (name.md and name.json)
+OUTPUTS = {
+    "sinusoid": "sinusoid",
+    "shared_decoder": "shared_decoder",
+    "digits_fewshot": "digits_fewshot",
+    "logreg_digits": "logreg",
+    "hypercleaning_digits": "hypercleaning",
+    "ridge_tuning": "ridge",
+}
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def numbers(tree):
+    """Every float in a JSON tree."""
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        return [x for item in tree for x in numbers(item)]
+    return [tree] if isinstance(tree, float) else []
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_example_runs_quick_and_writes_finite_results(name, tmp_path):
+    load(name).main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / f"{OUTPUTS[name]}.json").read_text())["results"]
+    values = numbers(results)
+    assert values and all(math.isfinite(x) for x in values)
+    assert (tmp_path / f"{OUTPUTS[name]}.md").read_text().startswith("# ")
