@@ -11,10 +11,11 @@ from bilevel.errors import BilevelError
 from bilevel.estimators import estimators
 from bilevel.regularizers import regularizers
 from bilevel.solvers import GD, solvers
+from bilevel.training.optimizers import optimizers, schedules
 
 
 def list_units(args) -> int:
-    for registry in (estimators, solvers, regularizers):
+    for registry in (estimators, solvers, regularizers, optimizers, schedules):
         print(f"{registry.kind}s: {', '.join(registry.names())}")
     return 0
 
@@ -43,7 +44,8 @@ def run_gradcheck(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bilevel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="registered estimators, solvers and regularisers")
+    commands.add_parser("list", help="registered estimators, solvers, regularisers, outer "
+                                     "optimizers and schedules")
     check = commands.add_parser("gradcheck", help="every estimator against a reference")
     check.add_argument("--problem", choices=["quadratic"], default="quadratic")
     check.add_argument("--dim", type=int, default=10)
