@@ -22,20 +22,24 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml", **opti
     Returns (grad, info): grad has exactly the keys and shapes of h; info holds
     diagnostics (inner gradient evaluations spent, final inner gradient norms, ...).
     """
-    if not isinstance(problem, BilevelProblem):
-        raise BilevelError(
-            f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}"
-        )
+    check_problem_and_solver(problem, solver)
     check_hyper(h)
     check_tasks(tasks)
-    if not callable(getattr(solver, "run", None)):
-        raise BilevelError(f"solver must be an inner solver with a run method, got {solver!r}")
     if not isinstance(method, str):
         raise BilevelError(f"method must be a string, got {method!r}")
     estimator = estimators.build(method, options, argument=f"hypergradient(method={method!r})")
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
     return estimator(problem, detach(h), detach(tasks), solver)
+
+
+def check_problem_and_solver(problem, solver):
+    if not isinstance(problem, BilevelProblem):
+        raise BilevelError(
+            f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}"
+        )
+    if not callable(getattr(solver, "run", None)):
+        raise BilevelError(f"solver must be an inner solver with a run method, got {solver!r}")
 
 
 def check_hyper(h):

@@ -109,7 +109,7 @@ def markdown(args, results) -> str:
 
 
 def parse(argv):
-    parser = example_parser(__doc__, "digits_fewshot", 'a few steps, a few tasks')
+    parser = example_parser(__doc__, "digits_fewshot", "a few steps, a few tasks")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--tasks-per-step", type=int, default=16)
     parser.add_argument("--test-tasks", type=int, default=500)

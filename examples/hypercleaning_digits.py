@@ -80,7 +80,7 @@ def markdown(args, results) -> str:
 
 
 def parse(argv):
-    parser = example_parser(__doc__, "hypercleaning", 'a few steps')
+    parser = example_parser(__doc__, "hypercleaning")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=0.3, help="Adam's learning rate")
     return parse_args(parser, argv, steps=3)

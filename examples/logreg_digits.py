@@ -73,7 +73,7 @@ def markdown(args, results) -> str:
 
 
 def parse(argv):
-    parser = example_parser(__doc__, "logreg", 'a few steps')
+    parser = example_parser(__doc__, "logreg")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate")
     return parse_args(parser, argv, steps=3)

@@ -77,7 +77,7 @@ def markdown(args, results) -> str:
 
 
 def parse(argv):
-    parser = example_parser(__doc__, "ridge", "a few steps")
+    parser = example_parser(__doc__, "ridge")
     parser.add_argument("--steps", type=int, default=30)
     return parse_args(parser, argv, steps=3)
 

@@ -119,7 +119,7 @@ def markdown(args, results) -> str:
 
 
 def parse(argv):
-    parser = example_parser(__doc__, "shared_decoder", 'a few steps, two grid values')
+    parser = example_parser(__doc__, "shared_decoder", "a few steps, two grid values")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--tasks-per-step", type=int, default=16)
     parser.add_argument("--test-tasks", type=int, default=2000)

@@ -226,7 +226,7 @@ def findings(results) -> list[str]:
 
 
 def parse(argv):
-    parser = example_parser(__doc__, "sinusoid", 'a few steps, a few tasks')
+    parser = example_parser(__doc__, "sinusoid", "a few steps, a few tasks")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--tasks-per-step", type=int, default=25)
     parser.add_argument("--test-tasks", type=int, default=500)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel.errors import BilevelError
-from bilevel.tree import tree_leaves, tree_map
+from bilevel.tree import ravel, tree_map
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +70,10 @@ def mean_over_tasks(tree, n_local: int, n_total: int, processes: Processes):
     """sum_r n_r x_r / N for a pytree of tensors x_r, each a mean over n_r tasks."""
     if processes.world_size == 1:
         return tree
-    leaves = tree_leaves(tree)
-    flat = torch.cat([leaf.reshape(-1) for leaf in leaves]) * n_local
+    flat, unravel = ravel(tree)
+    flat = flat * n_local
     dist.all_reduce(flat)
-    flat = flat / n_total
-    parts = iter(torch.split(flat, [leaf.numel() for leaf in leaves]))
-    return tree_map(lambda leaf: next(parts).reshape(leaf.shape), tree)
+    return unravel(flat / n_total)
 
 
 def sum_over_processes(tree, processes: Processes):

@@ -128,7 +128,8 @@ def _check_options(registry: Registry, name: str, options: dict, argument: str) 
         )
 
 
-def _name_and_options(spec, argument: str) -> tuple[str, dict]:
+def name_and_options(spec, argument: str) -> tuple[str, dict]:
+    """A unit given as its registered name or as {"name": ..., **options}."""
     if isinstance(spec, str):
         return spec, {}
     if isinstance(spec, dict) and isinstance(spec.get("name"), str):
@@ -146,7 +147,7 @@ class Schedule:
 
     @classmethod
     def parse(cls, spec, argument: str = "outer['schedule']") -> "Schedule":
-        name, options = _name_and_options(spec, argument)
+        name, options = name_and_options(spec, argument)
         _check_options(schedules, name, options, argument)
         return cls(name, options)
 
@@ -163,7 +164,7 @@ class OuterOptimizer:
 
     @classmethod
     def parse(cls, spec, argument: str = "outer") -> "OuterOptimizer":
-        name, options = _name_and_options(spec, argument)
+        name, options = name_and_options(spec, argument)
         clip = checks.optional_positive(f"{argument}['clip']", options.pop("clip", None))
         schedule = options.pop("schedule", None)
         if schedule is not None:

@@ -26,12 +26,11 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from bilevel import checks
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
-from bilevel.hypergradient import hypergradient
-from bilevel.problem import BilevelProblem
+from bilevel.hypergradient import check_problem_and_solver, hypergradient
 from bilevel.solvers import solvers
 from bilevel.training import checkpoint, distributed
 from bilevel.training.metrics import evaluate, info_scalars, non_finite
-from bilevel.training.optimizers import OuterOptimizer, global_norm
+from bilevel.training.optimizers import OuterOptimizer, global_norm, name_and_options
 from bilevel.training.rundir import RunDirectory
 
 # Quantities checked for NaN / Inf at every step, and how the error names them.
@@ -106,11 +105,7 @@ class _Run:
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
                  eval_tasks, seed, out, checkpoint_every, resume):
-        if not isinstance(problem, BilevelProblem):
-            raise BilevelError(
-                f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}")
-        if not callable(getattr(solver, "run", None)):
-            raise BilevelError(f"solver must be an inner solver with a run method, got {solver!r}")
+        check_problem_and_solver(problem, solver)
         self.problem, self.solver = problem, solver
         self.method, self.method_options = _method(method)
         self.outer = OuterOptimizer.parse(outer)
@@ -309,13 +304,7 @@ class _Run:
 
 
 def _method(method) -> tuple[str, dict]:
-    if isinstance(method, str):
-        name, options = method, {}
-    elif isinstance(method, dict) and isinstance(method.get("name"), str):
-        options = dict(method)
-        name = options.pop("name")
-    else:
-        raise BilevelError(f"method must be a name or a dict with a 'name' key, got {method!r}")
+    name, options = name_and_options(method, "method")
     estimators.build(name, options, argument="method")  # unknown names and options fail now
     return name, options
 
