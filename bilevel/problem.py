@@ -18,7 +18,13 @@ import abc
 import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
+from bilevel.registry import Registry
 from bilevel.regularizers import regularizers, require_key, weighted_sum
+
+# Problems by name, for configs (`problem: {name: sinusoid, ...}`): a package contributes
+# its problem classes through the "bilevel.problems" entry-point group (this repository's
+# problems/ does so in pyproject.toml), or by `problems.register(name)(cls)`.
+problems = Registry("problem", entry_points="bilevel.problems")
 
 
 class BilevelProblem(abc.ABC):

@@ -6,16 +6,36 @@ with a message that lists the valid ones.
 """
 
 import dataclasses
+from importlib.metadata import entry_points
 
 from bilevel.errors import BilevelError
 
 
-class Registry:
-    """A name -> object table for one kind of unit ("estimator", "solver", ...)."""
+def name_and_options(spec, argument: str) -> tuple[str, dict]:
+    """A unit given as its registered name or as {"name": ..., **options} (the one spec
+    form of Python arguments and YAML keys)."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        options = dict(spec)
+        return options.pop("name"), options
+    raise BilevelError(f"{argument} must be a name or a dict with a 'name' key, got {spec!r}")
 
-    def __init__(self, kind: str):
+
+class Registry:
+    """A name -> object table for one kind of unit ("estimator", "solver", ...).
+
+    entry_points: an entry-point group (`[project.entry-points."<group>"]` in a package's
+    pyproject.toml) whose entries are added, loaded on first use, beside the registered
+    ones: how packages above the library (this repository's problems/, a user's own
+    package) contribute units without the library importing them.
+    """
+
+    def __init__(self, kind: str, entry_points: str | None = None):
         self.kind = kind
         self._entries: dict = {}
+        self._group = entry_points
+        self._declared = None  # name -> EntryPoint, read once
 
     def register(self, name: str):
         """Decorator: `@estimators.register("fo-bmaml")`."""
@@ -28,10 +48,18 @@ class Registry:
 
         return add
 
+    def _entry_points(self) -> dict:
+        if self._declared is None:
+            group = entry_points(group=self._group) if self._group else ()
+            self._declared = {point.name: point for point in group}
+        return self._declared
+
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(set(self._entries) | set(self._entry_points()))
 
     def get(self, name: str):
+        if name not in self._entries and name in self._entry_points():
+            self._entries[name] = self._entry_points()[name].load()
         if name not in self._entries:
             raise BilevelError(
                 f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}"
@@ -49,3 +77,8 @@ class Registry:
                 f"valid options are {', '.join(sorted(valid)) or '(none)'}"
             )
         return cls(**options)
+
+    def from_spec(self, spec, *, argument: str):
+        """Build a unit given as `name` or {"name": ..., **options} (`name_and_options`)."""
+        name, options = name_and_options(spec, argument)
+        return self.build(name, options, argument=argument)

@@ -20,7 +20,7 @@ from torch.optim import lr_scheduler
 
 from bilevel import checks
 from bilevel.errors import BilevelError
-from bilevel.registry import Registry
+from bilevel.registry import Registry, name_and_options
 
 optimizers = Registry("outer optimizer")
 schedules = Registry("learning-rate schedule")
@@ -126,16 +126,6 @@ def _check_options(registry: Registry, name: str, options: dict, argument: str) 
         raise BilevelError(
             f"{argument}: {registry.kind} {name!r} needs option(s) {', '.join(missing)}"
         )
-
-
-def name_and_options(spec, argument: str) -> tuple[str, dict]:
-    """A unit given as its registered name or as {"name": ..., **options}."""
-    if isinstance(spec, str):
-        return spec, {}
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        options = dict(spec)
-        return options.pop("name"), options
-    raise BilevelError(f"{argument} must be a name or a dict with a 'name' key, got {spec!r}")
 
 
 @dataclasses.dataclass(frozen=True)

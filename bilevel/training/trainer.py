@@ -27,10 +27,11 @@ from bilevel import checks
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import check_problem_and_solver, hypergradient
+from bilevel.registry import name_and_options
 from bilevel.solvers import solvers
 from bilevel.training import checkpoint, distributed
 from bilevel.training.metrics import evaluate, info_scalars, non_finite
-from bilevel.training.optimizers import OuterOptimizer, global_norm, name_and_options
+from bilevel.training.optimizers import OuterOptimizer, global_norm
 from bilevel.training.rundir import RunDirectory
 
 # Quantities checked for NaN / Inf at every step, and how the error names them.
