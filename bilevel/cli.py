@@ -1,68 +1,121 @@
-"""The `bilevel` command line: `bilevel list` and `bilevel gradcheck --problem quadratic`.
-`run`, `compare`, `validate` and a YAML-driven `gradcheck` (DESIGN section 4) arrive with
-configs."""
+"""The `bilevel` command line. It parses arguments and dispatches to `bilevel.config`;
+every mistake in a config or an argument is one message on stderr and exit status 2.
+
+    bilevel run CONFIG [--set key.path=value ...] [--out DIR] [--resume]
+    bilevel validate CONFIG [--set ...]
+    bilevel gradcheck CONFIG [--set ...] [--methods a,b] [--reference exact|closed-form]
+    bilevel schema
+    bilevel list
+"""
 
 import argparse
+import json
 import sys
 
-import torch
-
-from bilevel.errors import BilevelError
+from bilevel import config
+from bilevel.blocks import losses, models, sources
+from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
+from bilevel.gradcheck import gradcheck_table
+from bilevel.problem import problems
 from bilevel.regularizers import regularizers
-from bilevel.solvers import GD, solvers
+from bilevel.solvers import solvers
 from bilevel.training.optimizers import optimizers, schedules
+
+REGISTRIES = (problems, sources, models, losses, estimators, solvers, regularizers, optimizers,
+              schedules)
 
 
 def list_units(args) -> int:
-    for registry in (estimators, solvers, regularizers, optimizers, schedules):
+    for registry in REGISTRIES:
         print(f"{registry.kind}s: {', '.join(registry.names())}")
     return 0
 
 
-def run_gradcheck(args) -> int:
-    """Every estimator on the paper's quadratic (float64), against its closed-form
-    hypergradient, with GD at lr = 1 / (kappa + lam), a safe step for every task."""
-    from bilevel.gradcheck import gradcheck, gradcheck_table
-    from problems.quadratic import Quadratic  # the library does not import problems/
+def print_schema(args) -> int:
+    print(json.dumps(config.json_schema(), indent=2))
+    return 0
 
-    problem = Quadratic(dim=args.dim, kappa=args.kappa, lam=args.lam, n_tasks=args.tasks,
-                        distinct_val=True, seed=args.seed)
-    h = problem.init_hyper(torch.Generator().manual_seed(args.seed))
-    tasks = problem.all_tasks()
-    solver = GD(lr=1 / (problem.kappa + problem.lam_init), steps=args.steps)
+
+def run(args) -> int:
+    result = config.run(config.load_config(args.config, args.set), out=args.out,
+                        resume=args.resume)
+    summary = result.summary
+    print(f"{summary['status']}: {summary['steps_completed']} steps in {result.run_dir}")
+    last = summary["last"] or {}
+    numbers = {k: v for k, v in last.items() if k in ("loss", "eval_val_loss", "eval_accuracy")}
+    numbers |= summary.get("test", {})
+    if numbers:
+        print("  ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+    return 0
+
+
+def validate(args) -> int:
+    report = config.validate(config.load_config(args.config, args.set))
+    print(f"{args.config}: valid. {report['problem']} with "
+          f"{len(report['hyperparameters'])} hyperparameter tensors; one hypergradient took "
+          f"{report['seconds']:.2f} s (val_loss {report['val_loss']:.4g}, norm "
+          f"{report['hypergradient_norm']:.3g})")
+    return 0
+
+
+def gradcheck(args) -> int:
+    loaded = config.load_config(args.config, args.set)
     methods = None if args.methods is None else [m for m in args.methods.split(",") if m]
-    reference = problem.meta_gradient(h, tasks) if args.reference == "closed-form" else "exact"
-    rows = gradcheck(problem, h, tasks, solver=solver, methods=methods, reference=reference,
-                     repeats=args.repeats)
-    print(f"quadratic: dim={args.dim} kappa={args.kappa:g} lam={args.lam:g} tasks={args.tasks} "
-          f"GD steps={args.steps} lr={solver.lr:.3g}; reference: {args.reference}")
+    rows = config.check_gradients(loaded, methods=methods, reference=args.reference,
+                                  repeats=args.repeats)
+    resolved = loaded.resolved
+    print(f"{args.config}: {resolved['tasks_per_step']} tasks, solver {resolved['solver']}, "
+          f"{resolved['dtype']}; reference: {args.reference}")
     print(gradcheck_table(rows))
     return 0
 
 
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="bilevel", description=__doc__.split("\n\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def with_config(name, help):
+        command = commands.add_parser(name, help=help)
+        command.add_argument("config", help="the run's YAML file")
+        command.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                             help="override a key (value read as YAML); repeatable")
+        return command
+
+    command = with_config("run", "meta-train as a config says")
+    command.add_argument("--out", help="run directory (default: the config's out, else "
+                         "runs/<config name>)")
+    command.add_argument("--resume", action="store_true",
+                         help="continue the run in the run directory from its checkpoint")
+    with_config("validate", "check a config without training: keys, types, files, and one "
+                            "hypergradient")
+    command = with_config("gradcheck", "every estimator against a reference on a config's "
+                                       "problem")
+    command.add_argument("--methods", help="comma-separated estimator names (default: all)")
+    command.add_argument("--reference", choices=["exact", "closed-form"], default="exact")
+    command.add_argument("--repeats", type=int, default=3, help="timed runs per estimator")
+    commands.add_parser("schema", help="the JSON Schema of run configs, for editors")
+    commands.add_parser("list", help="registered problems, blocks, estimators, solvers, "
+                                     "regularisers, outer optimizers and schedules")
+    return top
+
+
+COMMANDS = {"run": run, "validate": validate, "gradcheck": gradcheck, "schema": print_schema,
+            "list": list_units}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bilevel", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="registered estimators, solvers, regularisers, outer "
-                                     "optimizers and schedules")
-    check = commands.add_parser("gradcheck", help="every estimator against a reference")
-    check.add_argument("--problem", choices=["quadratic"], default="quadratic")
-    check.add_argument("--dim", type=int, default=10)
-    check.add_argument("--kappa", type=float, default=10.0, help="condition number of A_i")
-    check.add_argument("--lam", type=float, default=1.0)
-    check.add_argument("--tasks", type=int, default=8)
-    check.add_argument("--steps", type=int, default=100, help="inner GD steps")
-    check.add_argument("--methods", help="comma-separated estimator names (default: all)")
-    check.add_argument("--reference", choices=["closed-form", "exact"], default="closed-form")
-    check.add_argument("--repeats", type=int, default=3, help="timed runs per estimator")
-    check.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        return {"list": list_units, "gradcheck": run_gradcheck}[args.command](args)
+        return COMMANDS[args.command](args)
+    except DivergenceError as error:
+        print(f"bilevel {args.command}: stopped: {error}", file=sys.stderr)
+        return 1
     except BilevelError as error:
         print(f"bilevel {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

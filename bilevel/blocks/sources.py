@@ -1,0 +1,299 @@
+"""Task sources: where the tasks of a composed problem come from.
+
+A source is a frozen dataclass of its options, registered by name; `source.load(dtype,
+device)` returns `Tasks`, which samples batches of tasks
+
+    {"x": (n, support, inputs), "y": (n, support[, outputs]),      training set of each task
+     "xq": (n, query, inputs),  "yq": (n, query[, outputs])}       validation set of each task
+
+(classification targets are int64 labels 0..classes-1). Table sources (scikit-learn's
+bundled datasets, the user's .csv or .npz file) read a table of features and targets and
+split it, as their `split` option says:
+
+    {kind: holdout, train: 0.5, val: 0.25, seed: 0, standardize: true}
+        one task: train rows for the inner problem, val rows for the outer one, the rest a
+        test set that no task sees (counts, or fractions of the rows);
+    {kind: few-shot, ways: 5, shots: 1, queries: 15, classes: [0, 1, ...]}
+        N-way K-shot classification tasks over `classes` (default all), labels permuted.
+
+Packages add sources through the "bilevel.sources" entry-point group (problems/ adds the
+sinusoid family).
+"""
+
+import csv
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bilevel import checks
+from bilevel.errors import BilevelError
+from bilevel.registry import Registry
+
+sources = Registry("task source", entry_points="bilevel.sources")
+KINDS = ("classification", "regression")
+SKLEARN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tasks:
+    """What a loaded source gives a problem: a task sampler and the shapes of its data.
+
+    kind: "classification" or "regression"; inputs: features per example; outputs: classes
+    (classification) or target dimension (regression); sample(n, generator) -> a batch;
+    test: one task whose query set is the held-out test set (holdout splits), else None.
+    """
+
+    kind: str
+    inputs: int
+    outputs: int
+    sample: object
+    test: dict | None = None
+
+
+def _check_kind(kind: str, y: np.ndarray, where: str) -> str:
+    if kind == "auto":
+        whole = np.all(np.mod(y, 1) == 0) and y.ndim == 1
+        kind = "classification" if whole and len(np.unique(y)) <= 50 else "regression"
+    return checks.one_of("kind", kind, KINDS)
+
+
+def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, device,
+                where: str) -> Tasks:
+    """`Tasks` from a table: x (rows, features), y (rows,) or (rows, outputs)."""
+    kind = _check_kind(kind, y, where)
+    if kind == "classification":
+        _, y = np.unique(y, return_inverse=True)
+        target = torch.as_tensor(y.reshape(-1), dtype=torch.int64, device=device)
+        outputs = int(target.max()) + 1
+    else:
+        target = torch.as_tensor(y, dtype=dtype, device=device)
+        outputs = 1 if y.ndim == 1 else y.shape[1]
+    features = torch.as_tensor(x, dtype=dtype, device=device)
+    split = dict(split)
+    shape = split.pop("kind", "holdout")
+    if shape == "holdout":
+        return Holdout(**_options(Holdout, split, where)).tasks(
+            features, target, kind, outputs)
+    if shape == "few-shot":
+        if kind != "classification":
+            raise BilevelError(f"split: kind few-shot needs classification targets ({where})")
+        return FewShot(**_options(FewShot, split, where)).tasks(
+            features, target, outputs)
+    raise BilevelError(f"split: kind must be 'holdout' or 'few-shot', got {shape!r} ({where})")
+
+
+def _options(cls, options: dict, where: str) -> dict:
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise BilevelError(f"split: unknown option(s) {', '.join(unknown)} ({where}); valid "
+                           f"options are kind, {', '.join(sorted(valid))}")
+    return options
+
+
+def _count(name: str, value, rows: int) -> int:
+    if isinstance(value, float) and 0 < value < 1:
+        return int(round(value * rows))
+    return checks.integer(name, value, minimum=1)
+
+
+def standardize(reference: torch.Tensor, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(x - mean) / std per column with the statistics of `reference` (no leak from the
+    others); a constant column is only centred."""
+    mean, std = reference.mean(0), reference.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple((x - mean) / std for x in (reference, *arrays))
+
+
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+    """One task: `train` rows (count or fraction) to fit, `val` rows to judge, the rest test."""
+
+    train: float | int = 0.5
+    val: float | int = 0.25
+    seed: int = 0
+    standardize: bool = True
+
+    def tasks(self, x, y, kind, outputs) -> Tasks:
+        rows = len(y)
+        n_train, n_val = _count("split train", self.train, rows), _count("split val", self.val, rows)
+        if n_train + n_val > rows:
+            raise BilevelError(f"split: train + val = {n_train + n_val} rows, but the table has "
+                               f"only {rows}")
+        generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
+        order = torch.randperm(rows, generator=generator).to(x.device)
+        train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+        parts = (x[train], x[val], x[test])
+        if self.standardize:
+            parts = standardize(*parts)
+        task = {"x": parts[0], "y": y[train], "xq": parts[1], "yq": y[val]}
+
+        def sample(n, generator=None):
+            checks.integer("n", n, minimum=1)
+            return {k: v.expand(n, *v.shape) for k, v in task.items()}
+
+        test_task = None
+        if len(test):
+            test_task = {"x": parts[0], "y": y[train], "xq": parts[2], "yq": y[test]}
+        return Tasks(kind, x.shape[1], outputs, sample, test_task)
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShot:
+    """N-way (`ways`) K-shot (`shots`) tasks with `queries` query rows per class."""
+
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    classes: list | None = None
+    standardize: bool = True
+
+    def tasks(self, x, y, outputs) -> Tasks:
+        ways = checks.integer("split ways", self.ways, minimum=2)
+        shots = checks.integer("split shots", self.shots, minimum=1)
+        queries = checks.integer("split queries", self.queries, minimum=1)
+        classes = list(range(outputs)) if self.classes is None else list(self.classes)
+        if len(classes) < ways or not set(classes) <= set(range(outputs)):
+            raise BilevelError(f"split classes: need at least ways={ways} of the labels "
+                               f"0..{outputs - 1}, got {classes!r}")
+        rows = [x[y == c] for c in classes]
+        fewest = min(len(r) for r in rows)
+        if fewest < shots + queries:
+            raise BilevelError(f"split: shots + queries = {shots + queries} rows per class, "
+                               f"but a class has only {fewest}")
+        if self.standardize:
+            (everything,) = standardize(torch.cat(rows))[:1]
+            rows = list(torch.split(everything, [len(r) for r in rows]))
+        # (classes, most rows, inputs), padded; counts say how many rows are real.
+        images = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        counts = torch.tensor([len(r) for r in rows], device=x.device)
+
+        def sample(n, generator=None):
+            checks.integer("n", n, minimum=1)
+            picks = torch.rand(n, len(rows), generator=generator).argsort(-1)[:, :ways]
+            picks = picks.to(x.device)
+            # Padding scores above every real row: the first shots + queries of each row's
+            # order are distinct real rows of its class.
+            scores = torch.rand(n, ways, images.shape[1], generator=generator).to(x.device)
+            padding = torch.arange(images.shape[1], device=x.device) >= counts[picks, None]
+            chosen = scores.masked_fill(padding, 2.0).argsort(-1)[..., :shots + queries]
+            chosen_rows = images[picks[..., None], chosen]
+            labels = torch.arange(ways, device=x.device)[None, :, None]
+
+            def flat(part, size):
+                return (chosen_rows[:, :, part].reshape(n, ways * size, images.shape[2]),
+                        labels.expand(n, ways, size).reshape(n, ways * size))
+
+            (xs, ys), (xq, yq) = flat(slice(0, shots), shots), flat(slice(shots, None), queries)
+            return {"x": xs, "y": ys, "xq": xq, "yq": yq}
+
+        return Tasks("classification", x.shape[1], ways, sample)
+
+
+@functools.cache
+def _sklearn_table(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    import sklearn.datasets
+
+    data = getattr(sklearn.datasets, f"load_{dataset}")()
+    return data.data, data.target
+
+
+@sources.register("sklearn")
+@dataclasses.dataclass(frozen=True)
+class SklearnDataset:
+    """A dataset that scikit-learn ships (nothing is downloaded): digits, breast_cancer,
+    wine, iris (classification) or diabetes (regression)."""
+
+    dataset: str
+    split: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        checks.one_of("dataset", self.dataset, SKLEARN)
+
+    def load(self, dtype, device) -> Tasks:
+        x, y = _sklearn_table(self.dataset)
+        kind = "regression" if self.dataset == "diabetes" else "classification"
+        return table_tasks(x, y, kind, self.split, dtype, device, f"dataset {self.dataset}")
+
+
+def _target_column(header: list[str], target, path) -> int:
+    if isinstance(target, int) and not isinstance(target, bool):
+        if -len(header) <= target < len(header):
+            return target % len(header)
+        raise BilevelError(f"target: column {target} does not exist in {path}, which has "
+                           f"{len(header)} columns")
+    if target not in header:
+        raise BilevelError(f"target: no column {target!r} in {path}; its columns are "
+                           f"{', '.join(header)}")
+    return header.index(target)
+
+
+@sources.register("csv")
+@dataclasses.dataclass(frozen=True)
+class CsvFile:
+    """A .csv file with a header row: one row per example, numeric columns; `target` names
+    the target column (or gives its index; default: the last), every other column is a
+    feature. `kind`: classification, regression, or auto (whole-number targets with at most
+    50 distinct values are classes). A relative `path` is relative to the config's folder."""
+
+    path: str
+    target: str | int = -1
+    kind: str = "auto"
+    delimiter: str = ","
+    split: dict = dataclasses.field(default_factory=dict)
+
+    def load(self, dtype, device) -> Tasks:
+        path = Path(self.path)
+        try:
+            with path.open(newline="") as file:
+                rows = list(csv.reader(file, delimiter=self.delimiter))
+        except OSError as error:
+            raise BilevelError(f"path: cannot read {path}: {error.strerror}") from None
+        if len(rows) < 2:
+            raise BilevelError(f"path: {path} needs a header row and at least one data row")
+        header, body = rows[0], rows[1:]
+        for number, row in enumerate(body, start=2):
+            if len(row) != len(header):
+                raise BilevelError(f"path: {path} line {number} has {len(row)} values, but the "
+                                   f"header has {len(header)} columns")
+        try:
+            table = np.array(body, dtype=np.float64)
+        except ValueError as error:
+            raise BilevelError(f"path: {path} holds a value that is not a number ({error})") \
+                from None
+        column = _target_column(header, self.target, path)
+        x = np.delete(table, column, axis=1)
+        return table_tasks(x, table[:, column], self.kind, self.split, dtype, device, str(path))
+
+
+@sources.register("npz")
+@dataclasses.dataclass(frozen=True)
+class NpzFile:
+    """A NumPy .npz file holding features (array `x`, rows by features) and targets (array
+    `y`, one per row); `kind` and `split` as for csv."""
+
+    path: str
+    x: str = "x"
+    y: str = "y"
+    kind: str = "auto"
+    split: dict = dataclasses.field(default_factory=dict)
+
+    def load(self, dtype, device) -> Tasks:
+        path = Path(self.path)
+        try:
+            arrays = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise BilevelError(f"path: cannot read {path} as .npz: {error}") from None
+        for option, key in (("x", self.x), ("y", self.y)):
+            if key not in arrays:
+                raise BilevelError(f"{option}: {path} has no array {key!r}; it has "
+                                   f"{', '.join(arrays.files)}")
+        x, y = np.asarray(arrays[self.x], dtype=np.float64), np.asarray(arrays[self.y])
+        if x.ndim != 2 or len(y) != len(x):
+            raise BilevelError(f"{path}: {self.x!r} must be (rows, features) and {self.y!r} have "
+                               f"one value per row; got shapes {x.shape} and {y.shape}")
+        return table_tasks(x, y.astype(np.float64), self.kind, self.split, dtype, device,
+                           str(path))

@@ -1,0 +1,24 @@
+"""`ConfigError`: a mistake in a config, placed by file, key path and line."""
+
+from bilevel.errors import BilevelError
+
+
+def dotted(path) -> str:
+    """("solver", "lr") -> "solver.lr"; list indices as [i]."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+class ConfigError(BilevelError):
+    """`file:line:column: key.path: message` (each part where known)."""
+
+    def __init__(self, message: str, *, file: str | None = None, path=(), where=None):
+        self.file, self.path, self.where, self.message = file, tuple(path), where, message
+        place = file or ""
+        if file and where:
+            place += f":{where[0]}:{where[1]}"
+        key = dotted(self.path)
+        parts = [p for p in (place, key) if p]
+        super().__init__(": ".join([*parts, message]))

@@ -1,0 +1,225 @@
+"""The run config's schema, as pydantic v2 models built from the registries.
+
+Every unit that a config names (problem, task source, model, solver, estimator) is a
+registered class; its options become the fields of one model per name, and the models of
+one kind form a union told apart by `name`. So validation and the JSON Schema
+(`bilevel schema`) come from the same definitions, and a unit registered by a user
+(before the config is read) is as checked as a shipped one. A unit may be written as its
+bare name where it needs no options (`method: fo-bmaml`).
+"""
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, create_model,
+                      model_validator)
+from pydantic_core import PydanticCustomError
+
+from bilevel.blocks import models as model_blocks
+from bilevel.blocks import sources
+from bilevel.blocks.composed import LAM_SHAPES
+from bilevel.blocks.losses import losses
+from bilevel.devices import DTYPES
+from bilevel.errors import BilevelError
+from bilevel.estimators import estimators
+from bilevel.problem import problems
+from bilevel.regularizers import regularizers
+from bilevel.solvers import solvers
+from bilevel.training.optimizers import OuterOptimizer, optimizers
+
+# Constructor arguments that the run config sets for every problem, not the problem's block.
+RUN_LEVEL = ("dtype", "device")
+
+
+class Strict(BaseModel):
+    """A mapping of known keys: an unknown key is an error that suggests the closest one."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        if isinstance(data, dict):
+            valid = list(cls.model_fields)
+            for key in data:
+                if key not in valid:
+                    close = difflib.get_close_matches(str(key), valid, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise PydanticCustomError(
+                        "unknown_key", "unknown key" + hint + " (valid keys: {valid})",
+                        {"key": key, "valid": ", ".join(valid)})
+        return data
+
+
+def _name_or_mapping(value):
+    """`name` -> {"name": name}: the short form of a unit without options."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
+    """One model for the unit registered as `name`: a Literal name and its options, typed
+    from the dataclass fields or the constructor's signature (Any where unannotated)."""
+    fields: dict[str, Any] = {"name": (Literal[name], ...)}
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            default = field.default
+            if field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            fields[field.name] = (hints.get(field.name, Any),
+                                  ... if default is dataclasses.MISSING else default)
+    else:
+        for parameter in list(inspect.signature(cls).parameters.values()):
+            if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL,
+                                                            parameter.VAR_KEYWORD):
+                continue
+            default = parameter.default
+            if isinstance(default, range):
+                default = list(default)
+            elif isinstance(default, tuple):
+                default = list(default)
+            annotation = Any if parameter.annotation is parameter.empty else parameter.annotation
+            fields[parameter.name] = (annotation,
+                                      ... if default is parameter.empty else default)
+    title = f"{kind} {name}"
+    doc = inspect.getdoc(cls) or ""
+    return create_model(title.replace(" ", "_").replace("-", "_"), __base__=Strict,
+                        __doc__=doc.split("\n\n")[0], **fields)
+
+
+class _Checked:
+    """Mixin for a unit model whose class validates its options in __post_init__ (a
+    dataclass): build it once, so those checks report at the unit's key path."""
+
+    registry = None
+
+    @model_validator(mode="after")
+    def _builds(self):
+        options = self.model_dump(exclude={"name"})
+        try:
+            self.registry.build(self.name, options, argument=self.registry.kind)
+        except (BilevelError, TypeError) as error:
+            raise ValueError(str(error)) from None
+        return self
+
+
+def _unit_union(kind: str, registry, checked: bool, skip=()):
+    """`name` or {name: ..., options} for every unit in `registry`, told apart by name."""
+    members = []
+    for name in registry.names():
+        model = _unit_model(kind, name, registry.get(name), skip)
+        if checked:
+            model = create_model(model.__name__, __base__=(model, _Checked))
+            model.registry = registry
+        members.append(model)
+    union = Union[tuple(members)] if len(members) > 1 else members[0]
+    return Annotated[union, Field(discriminator="name"),
+                     _before(_name_or_mapping)]
+
+
+def _before(function):
+    from pydantic import BeforeValidator
+
+    return BeforeValidator(function)
+
+
+class OuterSpec(BaseModel):
+    """The outer optimizer: a `torch.optim` optimizer by lower-case name (or clipped-gd,
+    normalized-gd) with its constructor options, `clip` (global norm) and `schedule`."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    name: str
+    clip: float | None = Field(None, gt=0)
+    schedule: str | dict | None = None
+
+    @model_validator(mode="after")
+    def _parses(self):
+        try:
+            OuterOptimizer.parse(self.model_dump(), "outer")
+        except BilevelError as error:
+            raise ValueError(str(error).removeprefix("outer: ")) from None
+        return self
+
+
+class Evaluation(Strict):
+    """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the end."""
+
+    every: int = Field(ge=1)
+    tasks: int = Field(ge=1)
+
+
+class PythonProblem(Strict):
+    """A `BilevelProblem` subclass of the user's: "package.module:ClassName" (importable
+    from the working directory or the config's folder) and its constructor arguments."""
+
+    python: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    args: dict[str, Any] = {}
+
+
+def _composed_model():
+    loss_names = Literal[tuple(losses.names())]
+    return create_model(
+        "ComposedProblem", __base__=Strict,
+        __doc__="A problem composed from blocks (bilevel.blocks.ComposedProblem).",
+        source=(_unit_union("source", sources, checked=True), ...),
+        model=(_unit_union("model", model_blocks, checked=True), ...),
+        loss=(loss_names, "mse"),
+        val_loss=(loss_names | None, None),
+        regularizer=(Literal[tuple(regularizers.names())], "proximal"),
+        lam=(float, Field(1.0, gt=0)),
+        learn_lam=(Literal[LAM_SHAPES], "scalar"),
+        theta=(Literal["learned", "fixed"], "learned"),
+        shared_layers=(list[int], []),
+        seed=(int, Field(0, ge=0)),
+    )
+
+
+def _problem_kind(value) -> str | None:
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, str):
+        return "registered-problem"
+    if isinstance(value, dict):
+        if "python" in value:
+            return "python-problem"
+        return "composed-problem" if "source" in value else "registered-problem"
+    return None
+
+
+def run_config_model() -> type[BaseModel]:
+    """The model of a whole run config, from the registries as they are now."""
+    problem = Annotated[
+        Union[Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
+                        Tag("registered-problem")],
+              Annotated[PythonProblem, Tag("python-problem")],
+              Annotated[_composed_model(), Tag("composed-problem")]],
+        Discriminator(_problem_kind)]
+    return create_model(
+        "RunConfig", __base__=Strict,
+        __doc__="A bilevel run: the problem, how it is solved and meta-trained, where to.",
+        problem=(problem, ...),
+        solver=(_unit_union("solver", solvers, checked=True), ...),
+        method=(_unit_union("method", estimators, checked=True), "fo-bmaml"),
+        outer=(Annotated[OuterSpec, _before(_name_or_mapping)], "adam"),
+        steps=(int, Field(ge=1)),
+        tasks_per_step=(int, Field(ge=1)),
+        eval=(Evaluation | None, None),
+        seed=(int, Field(0, ge=0)),
+        device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")),
+        dtype=(Literal[tuple(DTYPES)], "float32"),
+        threads=(int | None, Field(1, ge=1)),
+        out=(str | None, None),
+        checkpoint_every=(int | None, Field(None, ge=1)),
+        progress=(bool, True),
+    )
+
+
+def json_schema() -> dict:
+    """The JSON Schema of the run config, for editors."""
+    schema = run_config_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bilevel run config"
+    return schema
