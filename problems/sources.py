@@ -3,8 +3,6 @@
 
 import dataclasses
 
-import torch
-
 from bilevel.blocks.sources import Tasks
 from problems.sinusoid import Sinusoid
 

@@ -119,7 +119,8 @@ class Holdout:
 
     def tasks(self, x, y, kind, outputs) -> Tasks:
         rows = len(y)
-        n_train, n_val = _count("split train", self.train, rows), _count("split val", self.val, rows)
+        n_train = _count("split train", self.train, rows)
+        n_val = _count("split val", self.val, rows)
         if n_train + n_val > rows:
             raise BilevelError(f"split: train + val = {n_train + n_val} rows, but the table has "
                                f"only {rows}")

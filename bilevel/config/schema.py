@@ -10,12 +10,22 @@ bare name where it needs no options (`method: fo-bmaml`).
 
 import dataclasses
 import difflib
+import functools
 import inspect
+import operator
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, create_model,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from bilevel.blocks import models as model_blocks
@@ -28,7 +38,7 @@ from bilevel.estimators import estimators
 from bilevel.problem import problems
 from bilevel.regularizers import regularizers
 from bilevel.solvers import solvers
-from bilevel.training.optimizers import OuterOptimizer, optimizers
+from bilevel.training.optimizers import OuterOptimizer
 
 # Constructor arguments that the run config sets for every problem, not the problem's block.
 RUN_LEVEL = ("dtype", "device")
@@ -115,15 +125,9 @@ def _unit_union(kind: str, registry, checked: bool, skip=()):
             model = create_model(model.__name__, __base__=(model, _Checked))
             model.registry = registry
         members.append(model)
-    union = Union[tuple(members)] if len(members) > 1 else members[0]
+    union = functools.reduce(operator.or_, members)
     return Annotated[union, Field(discriminator="name"),
-                     _before(_name_or_mapping)]
-
-
-def _before(function):
-    from pydantic import BeforeValidator
-
-    return BeforeValidator(function)
+                     BeforeValidator(_name_or_mapping)]
 
 
 class OuterSpec(BaseModel):
@@ -192,10 +196,10 @@ def _problem_kind(value) -> str | None:
 def run_config_model() -> type[BaseModel]:
     """The model of a whole run config, from the registries as they are now."""
     problem = Annotated[
-        Union[Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
-                        Tag("registered-problem")],
-              Annotated[PythonProblem, Tag("python-problem")],
-              Annotated[_composed_model(), Tag("composed-problem")]],
+        Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
+                  Tag("registered-problem")]
+        | Annotated[PythonProblem, Tag("python-problem")]
+        | Annotated[_composed_model(), Tag("composed-problem")],
         Discriminator(_problem_kind)]
     return create_model(
         "RunConfig", __base__=Strict,
@@ -203,7 +207,7 @@ def run_config_model() -> type[BaseModel]:
         problem=(problem, ...),
         solver=(_unit_union("solver", solvers, checked=True), ...),
         method=(_unit_union("method", estimators, checked=True), "fo-bmaml"),
-        outer=(Annotated[OuterSpec, _before(_name_or_mapping)], "adam"),
+        outer=(Annotated[OuterSpec, BeforeValidator(_name_or_mapping)], "adam"),
         steps=(int, Field(ge=1)),
         tasks_per_step=(int, Field(ge=1)),
         eval=(Evaluation | None, None),
