@@ -53,7 +53,7 @@ def run(args) -> int:
 def validate(args) -> int:
     report = config.validate(config.load_config(args.config, args.set))
     print(f"{args.config}: valid. {report['problem']} with "
-          f"{len(report['hyperparameters'])} hyperparameter tensors; one hypergradient took "
+          f"{len(report['hyperparameters'])} hyperparameter tensor(s); one hypergradient took "
           f"{report['seconds']:.2f} s (val_loss {report['val_loss']:.4g}, norm "
           f"{report['hypergradient_norm']:.3g})")
     return 0

@@ -4,8 +4,9 @@ run with `meta_train`. Sits above `bilevel.training`; only the CLI sits above it
 
 from bilevel.config.errors import ConfigError
 from bilevel.config.load import Config, from_dict, load_config
+from bilevel.config.build import build
 from bilevel.config.runs import check_gradients, run, validate
 from bilevel.config.schema import json_schema
 
-__all__ = ["Config", "ConfigError", "check_gradients", "from_dict", "json_schema",
+__all__ = ["Config", "ConfigError", "build", "check_gradients", "from_dict", "json_schema",
            "load_config", "run", "validate"]

@@ -32,7 +32,10 @@ class Built:
 
 
 def build(config: Config) -> Built:
+    """The objects of `config`; also sets torch's thread count to its `threads`."""
     resolved = config.resolved
+    if resolved["threads"] is not None:
+        torch.set_num_threads(resolved["threads"])
     try:
         device = resolve_device(resolved["device"])
     except BilevelError as error:

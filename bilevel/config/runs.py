@@ -45,8 +45,6 @@ def run(config: Config, *, out=None, resume: bool = False):
     directory = run_directory(config, out)
     resolved = config.resolved | {"out": str(directory)}
     _record(directory, resolved, resume)
-    if resolved["threads"] is not None:
-        torch.set_num_threads(resolved["threads"])
     built = build(config)
     evaluation = resolved["eval"] or {"every": 0, "tasks": 0}
     result = meta_train(
@@ -101,7 +99,7 @@ def test_metrics(built, h) -> dict | None:
     if tasks is None:
         return None
     sums = evaluate(built.problem, h, tasks, built.solver)
-    return {f"test_{k}": v.item() for k, v in sums.items()}
+    return {f"test_{k.removeprefix('val_')}": v.item() for k, v in sums.items()}
 
 
 def validate(config: Config) -> dict:
