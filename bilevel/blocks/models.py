@@ -67,7 +67,7 @@ class MLP:
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(
-            checks.integer("widths[]", w, minimum=1) for w in self.widths))
+            checks.integer("widths", w, minimum=1) for w in self.widths))
         checks.one_of("activation", self.activation, tuple(ACTIVATIONS))
 
     def layers(self, inputs: int, outputs: int) -> list[list[str]]:

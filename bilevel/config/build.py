@@ -17,6 +17,7 @@ from bilevel.devices import resolve_device, resolve_dtype
 from bilevel.errors import BilevelError
 from bilevel.problem import BilevelProblem, problems
 from bilevel.solvers import solvers
+from bilevel.training.optimizers import OuterOptimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +44,12 @@ def build(config: Config) -> Built:
     dtype = resolve_dtype(resolved["dtype"])
     problem = build_problem(config, dtype, device)
     solver = solvers.from_spec(resolved["solver"], argument="solver")
-    method = _spec(resolved["method"])
-    return Built(problem, solver, method, _spec(resolved["outer"]), device, dtype)
+    outer = _spec(resolved["outer"])
+    try:  # the optimizer's own checks (torch's "Invalid momentum value", ...) on a stand-in
+        OuterOptimizer.parse(outer).build([torch.zeros(1, requires_grad=True)])
+    except BilevelError as error:
+        raise config.error(str(error), ("outer",)) from None
+    return Built(problem, solver, _spec(resolved["method"]), outer, device, dtype)
 
 
 def _spec(value) -> dict:

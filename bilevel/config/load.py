@@ -7,6 +7,7 @@ run directory keeps as config.yaml (the one record of the run).
 """
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 import pydantic
@@ -129,11 +130,13 @@ def _describe(error: dict, data, marks, source) -> str:
     if error["type"] == "unknown_key":
         path += (context["key"],)
     elif error["type"] == "union_tag_invalid":
-        message = (f"unknown name {context['tag']!r}; expected one of "
-                   f"{context['expected_tags'].replace(chr(39), '')}")
+        expected = context["expected_tags"].replace("'", "").split(", ")
+        close = difflib.get_close_matches(str(context["tag"]), expected, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        message = f"unknown name {context['tag']!r}; {hint}expected one of {', '.join(expected)}"
         path += ("name",) if isinstance(_at(data, path), dict) else ()
-    elif error["type"] == "missing" and path[-1:] != error["loc"][-1:]:
-        path += (error["loc"][-1],)
+    elif error["type"] == "missing":
+        path += () if path[-1:] == error["loc"][-1:] else (error["loc"][-1],)
         message = "a required key is missing"
     elif "input" in error and not isinstance(error["input"], dict | list):
         message += f", got {error['input']!r}"
@@ -145,6 +148,10 @@ def _describe(error: dict, data, marks, source) -> str:
 
 
 def _at(data, path):
+    """The value at `path` in the config as written, or None where there is none."""
     for part in path:
+        if not isinstance(data, dict | list) or part not in (data if isinstance(data, dict)
+                                                            else range(len(data))):
+            return None
         data = data[part]
     return data
