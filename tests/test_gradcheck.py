@@ -1,11 +1,15 @@
 """bilevel.gradcheck, its table, and `bilevel gradcheck` on the command line."""
 
+from pathlib import Path
+
 import pytest
 
 import bilevel
 from bilevel.cli import main
 from problems.quadratic import Quadratic
 from tests.conftest import seeded
+
+QUADRATIC = Path(__file__).resolve().parents[1] / "examples" / "quadratic.yaml"
 
 SOLVER = bilevel.solvers.GD(lr=2 / 13, steps=120)  # converged on the problem below
 
@@ -62,20 +66,22 @@ def test_invalid_arguments(setting, arguments, message):
 
 
 def test_command_line(capsys):
-    status = main(["gradcheck", "--dim", "3", "--tasks", "2", "--steps", "200",
-                   "--methods", "exact,reptile", "--repeats", "1"])
+    status = main(["gradcheck", str(QUADRATIC), "--set", "problem.dim=3", "--set",
+                   "tasks_per_step=2", "--set", "solver.steps=200", "--methods", "exact,reptile",
+                   "--repeats", "1", "--reference", "closed-form"])
     out = capsys.readouterr().out.splitlines()
-    assert status == 0 and out[0].startswith("quadratic: dim=3 kappa=10 lam=1 tasks=2")
+    assert status == 0 and out[0].startswith(f"{QUADRATIC}: 2 tasks, solver")
     exact, reptile = out[3].split(), out[4].split()
     assert exact[0] == "exact" and float(exact[1]) < 1e-10 and exact[2] == "400"
     assert reptile[0] == "reptile" and float(reptile[1]) > 1e-2
 
 
 def test_command_line_errors_are_one_message(capsys):
-    assert main(["gradcheck", "--kappa", "0.5"]) == 2
+    assert main(["gradcheck", str(QUADRATIC), "--set", "problem.kappa=0.5"]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "bilevel gradcheck: error: kappa must be >= 1, got 0.5\n"
+    assert captured.err == (f"bilevel gradcheck: error: {QUADRATIC}:4:37: problem.kappa: "
+                            "kappa must be >= 1, got 0.5\n")
     assert captured.out == ""
     with pytest.raises(SystemExit) as exit_:
-        main(["gradcheck", "--dim", "x"])
+        main(["gradcheck", str(QUADRATIC), "--repeats", "x"])
     assert exit_.value.code == 2 and "invalid int value: 'x'" in capsys.readouterr().err
