@@ -4,7 +4,7 @@ every mistake in a config or an argument is one message on stderr and exit statu
     bilevel run CONFIG [--set key.path=value ...] [--out DIR] [--resume]
     bilevel validate CONFIG [--set ...]
     bilevel gradcheck CONFIG [--set ...] [--methods a,b] [--reference exact|closed-form]
-    bilevel schema
+    bilevel schema [--markdown]
     bilevel list
 """
 
@@ -33,7 +33,12 @@ def list_units(args) -> int:
 
 
 def print_schema(args) -> int:
-    print(json.dumps(config.json_schema(), indent=2))
+    if args.markdown:
+        from bilevel.config.reference import markdown
+
+        print(markdown(), end="")
+    else:
+        print(json.dumps(config.json_schema(), indent=2))
     return 0
 
 
@@ -94,7 +99,9 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--methods", help="comma-separated estimator names (default: all)")
     command.add_argument("--reference", choices=["exact", "closed-form"], default="exact")
     command.add_argument("--repeats", type=int, default=3, help="timed runs per estimator")
-    commands.add_parser("schema", help="the JSON Schema of run configs, for editors")
+    command = commands.add_parser("schema", help="the JSON Schema of run configs, for editors")
+    command.add_argument("--markdown", action="store_true",
+                         help="the reference of every key instead (docs/config.md)")
     commands.add_parser("list", help="registered problems, blocks, estimators, solvers, "
                                      "regularisers, outer optimizers and schedules")
     return top

@@ -135,9 +135,10 @@ class OuterSpec(BaseModel):
     normalized-gd) with its constructor options, `clip` (global norm) and `schedule`."""
 
     model_config = ConfigDict(extra="allow", validate_default=True)
-    name: str
-    clip: float | None = Field(None, gt=0)
-    schedule: str | dict | None = None
+    name: str = Field(description="an optimizer's name (`bilevel list`); its options beside")
+    clip: float | None = Field(None, gt=0, description="clip h's gradient to this global norm")
+    schedule: str | dict | None = Field(None, description="a learning-rate schedule: name or "
+                                                          "{name: ..., options}")
 
     @model_validator(mode="after")
     def _parses(self):
@@ -151,33 +152,45 @@ class OuterSpec(BaseModel):
 class Evaluation(Strict):
     """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the end."""
 
-    every: int = Field(ge=1)
-    tasks: int = Field(ge=1)
+    every: int = Field(ge=1, description="evaluate every this many steps")
+    tasks: int = Field(ge=1, description="held-out tasks, drawn once")
 
 
 class PythonProblem(Strict):
     """A `BilevelProblem` subclass of the user's: "package.module:ClassName" (importable
     from the working directory or the config's folder) and its constructor arguments."""
 
-    python: str = Field(pattern=r"^[\w.]+:[\w.]+$")
-    args: dict[str, Any] = {}
+    python: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="package.module:ClassName")
+    args: dict[str, Any] = Field({}, description="the constructor's keyword arguments")
 
 
 def _composed_model():
     loss_names = Literal[tuple(losses.names())]
+
+    def key(annotation, default, description):
+        return annotation, Field(default, description=description)
+
     return create_model(
         "ComposedProblem", __base__=Strict,
-        __doc__="A problem composed from blocks (bilevel.blocks.ComposedProblem).",
-        source=(_unit_union("source", sources, checked=True), ...),
-        model=(_unit_union("model", model_blocks, checked=True), ...),
-        loss=(loss_names, "mse"),
-        val_loss=(loss_names | None, None),
-        regularizer=(Literal[tuple(regularizers.names())], "proximal"),
-        lam=(float, Field(1.0, gt=0)),
-        learn_lam=(Literal[LAM_SHAPES], "scalar"),
-        theta=(Literal["learned", "fixed"], "learned"),
-        shared_layers=(list[int], []),
-        seed=(int, Field(0, ge=0)),
+        __doc__="A problem composed from blocks, with no Python (bilevel.blocks.ComposedProblem).",
+        source=key(_unit_union("source", sources, checked=True), ...,
+                   "where the tasks come from (`bilevel list`: task sources)"),
+        model=key(_unit_union("model", model_blocks, checked=True), ..., "the model f"),
+        loss=key(loss_names, "mse", "training loss of the inner problem"),
+        val_loss=key(loss_names | None, None, "validation loss of the outer problem "
+                                               "(default: loss)"),
+        regularizer=key(Literal[tuple(regularizers.names())], "proximal",
+                        "proximal: 1/2 (phi - theta)^2; l2: 1/2 phi^2; none"),
+        lam=(float, Field(1.0, gt=0, description="the regularisation strength (initial "
+                                                  "value when learned)")),
+        learn_lam=key(Literal[LAM_SHAPES], "scalar", "how lam is learned, as h['log_lam']: "
+                      "fixed (not learned), scalar, per-tensor, per-coordinate, per-feature"),
+        theta=key(Literal["learned", "fixed"], "learned",
+                  "learned: the adapted parameters' prior and start are h['theta'] "
+                  "(meta-learning); fixed: the model's initialisation (hyperparameter tuning)"),
+        shared_layers=key(list[int], [], "layer indices shared by every task, learned as "
+                                         "h['decoder'] and not adapted (eq. 15)"),
+        seed=(int, Field(0, ge=0, description="seed of the model's initialisation")),
     )
 
 
@@ -204,20 +217,30 @@ def run_config_model() -> type[BaseModel]:
     return create_model(
         "RunConfig", __base__=Strict,
         __doc__="A bilevel run: the problem, how it is solved and meta-trained, where to.",
-        problem=(problem, ...),
-        solver=(_unit_union("solver", solvers, checked=True), ...),
-        method=(_unit_union("method", estimators, checked=True), "fo-bmaml"),
-        outer=(Annotated[OuterSpec, BeforeValidator(_name_or_mapping)], "adam"),
-        steps=(int, Field(ge=1)),
-        tasks_per_step=(int, Field(ge=1)),
-        eval=(Evaluation | None, None),
-        seed=(int, Field(0, ge=0)),
-        device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")),
-        dtype=(Literal[tuple(DTYPES)], "float32"),
-        threads=(int | None, Field(1, ge=1)),
-        out=(str | None, None),
-        checkpoint_every=(int | None, Field(None, ge=1)),
-        progress=(bool, True),
+        problem=(problem, Field(description="a registered problem {name: ..., args}, "
+                                            "{python: module:Class, args: {...}}, or one "
+                                            "composed from blocks {source: ..., model: ...}")),
+        solver=(_unit_union("solver", solvers, checked=True),
+                Field(description="the inner solver")),
+        method=(_unit_union("method", estimators, checked=True),
+                Field("fo-bmaml", description="the hypergradient estimator")),
+        outer=(Annotated[OuterSpec, BeforeValidator(_name_or_mapping)],
+               Field("adam", description="the outer optimizer of h")),
+        steps=(int, Field(ge=1, description="outer steps")),
+        tasks_per_step=(int, Field(ge=1, description="tasks in each outer step's batch")),
+        eval=(Evaluation | None, Field(None, description="held-out evaluation (none: never)")),
+        seed=(int, Field(0, ge=0, description="seeds init_hyper, the task streams and torch")),
+        device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                           description="auto (CUDA where present), cpu, cuda or cuda:N")),
+        dtype=(Literal[tuple(DTYPES)], Field("float32", description="float32 or float64")),
+        threads=(int | None, Field(1, ge=1, description="torch's CPU threads (null: torch's "
+                                                        "default, one per core); small "
+                                                        "batched problems run fastest on one")),
+        out=(str | None, Field(None, description="run directory (default: "
+                                                 "runs/<config name>; --out overrides)")),
+        checkpoint_every=(int | None, Field(None, ge=1, description="also checkpoint every "
+                                                                   "this many steps")),
+        progress=(bool, Field(True, description="show a progress bar")),
     )
 
 
