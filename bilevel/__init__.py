@@ -6,6 +6,7 @@ from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
+from bilevel.config import load_config
 from bilevel.inner import outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
 from bilevel.regularizers import regularizers
@@ -20,6 +21,7 @@ __all__ = [
     "gradcheck",
     "gradcheck_table",
     "hypergradient",
+    "load_config",
     "meta_train",
     "optimizers",
     "outer_loss",
