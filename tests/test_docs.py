@@ -31,6 +31,7 @@ for whoever writes docs:
 `python tests/test_docs.py` lists every block and what happens to it.
 """
 
+import json
 import os
 import re
 import shutil
@@ -51,7 +52,7 @@ COPIED = ("examples", "problems", "docs", "benchmarks", "tests", "Makefile", "py
 NOT_RUN_COMMANDS = {"make test": "it is what CI runs (and it runs this test)"}
 TIMEOUT = 300  # seconds per markdown file
 
-FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)\s*$")
+FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
 NOT_RUN = re.compile(r"^\s*<!--\s*not run\b:?(?P<reason>.*?)-->\s*$")
 CONFIG = re.compile(r"^\s*<!--\s*config\s*-->\s*$")
 LIST_ITEM = re.compile(r"^ {0,3}([-*+]|\d+[.)])(\s|$)")
@@ -91,7 +92,8 @@ def parse(path: Path) -> tuple[list[Block], list[str]]:
                 errors.append(f"{name}:{i + 1}: unclosed fence")
             body = [x[indent:] if x[:indent].strip() == "" else x.lstrip()
                     for x in lines[i + 1:end]]
-            block = Block(path, i + 1, match["info"].lower(), "\n".join(body) + "\n")
+            language = match["info"].split()[0].lower() if match["info"] else ""
+            block = Block(path, i + 1, language, "\n".join(body) + "\n")
             before = lines[i - 1] if i > 0 else ""
             if (marker := NOT_RUN.match(before)):
                 block.not_run = marker["reason"].strip()
@@ -201,7 +203,7 @@ def run_steps(steps: list[dict]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO))
+    sys.path[0] = str(REPO)  # the repository root instead of tests/, this script's folder
     namespace = {"__name__": "__main__"}
     prelude = shell_prelude()
     start = time.perf_counter()
@@ -253,7 +255,7 @@ def run_in_tmp(steps: list[dict], tmp_path: Path) -> subprocess.CompletedProcess
         elif source.exists():
             shutil.copy2(source, work / name)
     plan_file = tmp_path / "plan.json"
-    plan_file.write_text(__import__("json").dumps(steps))
+    plan_file.write_text(json.dumps(steps))
     bin_dir = str(Path(sys.executable).parent)
     env = os.environ | {
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
@@ -274,8 +276,10 @@ def test_doc(path, tmp_path):
     for block in blocks:
         if block.language == "yaml" and block.not_run is None:
             try:
-                (check_config_block if block.config else yaml.safe_load)(
-                    *((block.text, block.where) if block.config else (block.text,)))
+                if block.config:
+                    check_config_block(block.text, block.where)
+                else:
+                    yaml.safe_load(block.text)
             except Exception as error:
                 pytest.fail(f"yaml block at {block.where}: {error}")
     steps = plan(blocks)
@@ -328,5 +332,8 @@ if __name__ == "__main__":
             else:
                 what = "not run (data)"
             print(f"{block.where:24} {block.language or '-':8} {what}")
+            for line, command in block.commands:
+                if block.not_run is None and (reason := skipped_command(command)):
+                    print(f"  line {line}: `{command}` not run: {reason}")
         for error in errors:
             print(f"ERROR {error}")
