@@ -70,13 +70,17 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line}"
+        return f"{relative(self.path)}:{self.line}"
+
+
+def relative(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def parse(path: Path) -> tuple[list[Block], list[str]]:
     """The fenced blocks of a markdown file, and the convention's violations."""
     lines = path.read_text().splitlines()
-    name = path.relative_to(REPO)
+    name = relative(path)
     blocks, errors = [], []
     i, in_list, previous_blank = 0, False, True
     while i < len(lines):
@@ -182,7 +186,7 @@ def plan(blocks: list[Block]) -> list[dict]:
         elif block.language == "console":
             for line, command in block.commands:
                 if skipped_command(command) is None:
-                    where = f"{block.path.relative_to(REPO)}:{line}"
+                    where = f"{relative(block.path)}:{line}"
                     steps.append({"kind": "console", "where": where, "command": command})
     return steps
 
@@ -294,6 +298,19 @@ def test_doc(path, tmp_path):
     assert repository_state() == before, "running the docs wrote into the repository"
 
 
+def test_conventions_are_enforced(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("Text\n\n    indented\n\n```\nx\n```\n\n```sh\nls\n```\n\n"
+                   "<!-- not run: -->\n```python\nx\n```\n\n<!-- not run: slow -->\n\n"
+                   "```console\nno prompt\n```\n\n- item\n\n    continued\n")
+    errors = "\n".join(parse(doc)[1])
+    for expected in (":3: indented code block", ":5: fence without a language tag",
+                     ":9: language 'sh'", ":14: `<!-- not run: <reason> -->` without",
+                     ":18: marker not directly followed", ":20: console block without"):
+        assert expected in errors
+    assert errors.count("\n") == 5, errors
+
+
 def not_run_list() -> list[tuple[str, str]]:
     """(where, reason) for every block or command that is not run."""
     out = []
@@ -303,7 +320,7 @@ def not_run_list() -> list[tuple[str, str]]:
                 out.append((block.where, block.not_run))
             for line, command in block.commands:
                 if block.not_run is None and (reason := skipped_command(command)):
-                    out.append((f"{path.relative_to(REPO)}:{line} `{command}`", reason))
+                    out.append((f"{relative(path)}:{line} `{command}`", reason))
     return out
 
 
