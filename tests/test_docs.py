@@ -164,6 +164,8 @@ def skipped_command(command: str) -> str | None:
     return None
 
 
+# --- hook: config blocks (to be extended with the config validation) --------------------
+
 def check_config_block(text: str, where: str) -> None:
     """A ```yaml block right after `<!-- config -->`: a config of the library.
 
@@ -292,7 +294,7 @@ def test_doc(path, tmp_path):
     before = repository_state()
     result = run_in_tmp(steps, tmp_path)
     # Progress bars redraw with \r: keep each line's last state.
-    output = "\n".join(line.rsplit("\r", 1)[-1] for line in result.stdout.splitlines())
+    output = "\n".join(line.rsplit("\r", 1)[-1] for line in result.stdout.split("\n"))
     failed = [line for line in output.splitlines() if line.startswith("FAILED:")]
     assert result.returncode == 0, "\n".join([*failed, "output:", output[-6000:]])
     assert repository_state() == before, "running the docs wrote into the repository"
