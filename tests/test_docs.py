@@ -167,11 +167,19 @@ def skipped_command(command: str) -> str | None:
 # --- hook: config blocks (to be extended with the config validation) --------------------
 
 def check_config_block(text: str, where: str) -> None:
-    """A ```yaml block right after `<!-- config -->`: a config of the library.
+    """A ```yaml block right after `<!-- config -->`: a whole run config, validated as
+    `bilevel validate` would. A block whose first line is `# examples/NAME.yaml...` shows
+    that file and must be exactly its text (so the two cannot drift)."""
+    from bilevel.config import from_dict
 
-    Today it only has to parse; the hook that validates configs will be called here.
-    """
-    yaml.safe_load(text)
+    first = text.splitlines()[0] if text else ""
+    shown = re.match(r"# (examples/[\w./-]+\.yaml)", first)
+    if shown:
+        path = REPO / shown.group(1)
+        assert path.read_text() == text, f"{where}: differs from {shown.group(1)}"
+        from_dict(yaml.safe_load(text), file=path)
+    else:
+        from_dict(yaml.safe_load(text))
 
 
 # --- running ----------------------------------------------------------------------------

@@ -142,6 +142,5 @@ class ComposedProblem(BilevelProblem):
         return metrics
 
     def test_tasks(self):
-        """The held-out test set as one task (its query set), or None: holdout splits only."""
-        test = self.tasks.test
-        return None if test is None else {k: v[None] for k, v in test.items()}
+        """The source's test tasks (`bilevel.blocks.sources.Tasks.test`), or None."""
+        return self.tasks.test

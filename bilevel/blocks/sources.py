@@ -43,7 +43,8 @@ class Tasks:
 
     kind: "classification" or "regression"; inputs: features per example; outputs: classes
     (classification) or target dimension (regression); sample(n, generator) -> a batch;
-    test: one task whose query set is the held-out test set (holdout splits), else None.
+    test: a batch of test tasks, or None: for holdout splits one task whose query set is
+    the test rows; for few-shot splits with test_classes, tasks over those classes.
     """
 
     kind: str
@@ -100,11 +101,16 @@ def _count(name: str, value, rows: int) -> int:
     return checks.integer(name, value, minimum=1)
 
 
+def standardize_statistics(reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and std of `reference`; std 1 for a constant column (only centred)."""
+    mean, std = reference.mean(0), reference.std(0)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
 def standardize(reference: torch.Tensor, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(x - mean) / std per column with the statistics of `reference` (no leak from the
-    others); a constant column is only centred."""
-    mean, std = reference.mean(0), reference.std(0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    others)."""
+    mean, std = standardize_statistics(reference)
     return tuple((x - mean) / std for x in (reference, *arrays))
 
 
@@ -138,18 +144,23 @@ class Holdout:
 
         test_task = None
         if len(test):
-            test_task = {"x": parts[0], "y": y[train], "xq": parts[2], "yq": y[test]}
+            test_task = {"x": parts[0][None], "y": y[train][None], "xq": parts[2][None],
+                         "yq": y[test][None]}
         return Tasks(kind, x.shape[1], outputs, sample, test_task)
 
 
 @dataclasses.dataclass(frozen=True)
 class FewShot:
-    """N-way (`ways`) K-shot (`shots`) tasks with `queries` query rows per class."""
+    """N-way (`ways`) K-shot (`shots`) tasks with `queries` query rows per class, over
+    `classes` (default all); with `test_classes`, `test_tasks` tasks over those unseen
+    classes (drawn once, seed 0) are the test set."""
 
     ways: int = 5
     shots: int = 1
     queries: int = 15
     classes: list | None = None
+    test_classes: list | None = None
+    test_tasks: int = 500
     standardize: bool = True
 
     def tasks(self, x, y, outputs) -> Tasks:
@@ -157,41 +168,58 @@ class FewShot:
         shots = checks.integer("split shots", self.shots, minimum=1)
         queries = checks.integer("split queries", self.queries, minimum=1)
         classes = list(range(outputs)) if self.classes is None else list(self.classes)
-        if len(classes) < ways or not set(classes) <= set(range(outputs)):
-            raise BilevelError(f"split classes: need at least ways={ways} of the labels "
+        groups = [self._rows(x, y, classes, outputs, "classes")]
+        if self.test_classes is not None:
+            groups.append(self._rows(x, y, list(self.test_classes), outputs, "test_classes"))
+        if self.standardize:  # with the statistics of the training classes' rows
+            mean, std = standardize_statistics(torch.cat(groups[0]))
+            groups = [[(r - mean) / std for r in rows] for rows in groups]
+        sample = _few_shot_sampler(groups[0], ways, shots, queries)
+        test = None
+        if self.test_classes is not None:
+            count = checks.integer("split test_tasks", self.test_tasks, minimum=1)
+            test_sample = _few_shot_sampler(groups[1], ways, shots, queries)
+            test = test_sample(count, torch.Generator().manual_seed(0))
+        return Tasks("classification", x.shape[1], ways, sample, test)
+
+    def _rows(self, x, y, classes, outputs, option):
+        if len(classes) < self.ways or not set(classes) <= set(range(outputs)):
+            raise BilevelError(f"split {option}: need at least ways={self.ways} of the labels "
                                f"0..{outputs - 1}, got {classes!r}")
         rows = [x[y == c] for c in classes]
         fewest = min(len(r) for r in rows)
-        if fewest < shots + queries:
-            raise BilevelError(f"split: shots + queries = {shots + queries} rows per class, "
-                               f"but a class has only {fewest}")
-        if self.standardize:
-            (everything,) = standardize(torch.cat(rows))[:1]
-            rows = list(torch.split(everything, [len(r) for r in rows]))
-        # (classes, most rows, inputs), padded; counts say how many rows are real.
-        images = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        counts = torch.tensor([len(r) for r in rows], device=x.device)
+        if fewest < self.shots + self.queries:
+            raise BilevelError(f"split: shots + queries = {self.shots + self.queries} rows per "
+                               f"class, but a class of {option} has only {fewest}")
+        return rows
 
-        def sample(n, generator=None):
-            checks.integer("n", n, minimum=1)
-            picks = torch.rand(n, len(rows), generator=generator).argsort(-1)[:, :ways]
-            picks = picks.to(x.device)
-            # Padding scores above every real row: the first shots + queries of each row's
-            # order are distinct real rows of its class.
-            scores = torch.rand(n, ways, images.shape[1], generator=generator).to(x.device)
-            padding = torch.arange(images.shape[1], device=x.device) >= counts[picks, None]
-            chosen = scores.masked_fill(padding, 2.0).argsort(-1)[..., :shots + queries]
-            chosen_rows = images[picks[..., None], chosen]
-            labels = torch.arange(ways, device=x.device)[None, :, None]
 
-            def flat(part, size):
-                return (chosen_rows[:, :, part].reshape(n, ways * size, images.shape[2]),
-                        labels.expand(n, ways, size).reshape(n, ways * size))
+def _few_shot_sampler(rows: list, ways: int, shots: int, queries: int):
+    """sample(n, generator): n tasks of `ways` classes drawn from `rows` (one tensor of rows
+    per class), `shots` + `queries` distinct rows of each, labels 0..ways-1 in random order."""
+    images = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (classes, most, inputs)
+    device = images.device
+    counts = torch.tensor([len(r) for r in rows], device=device)
 
-            (xs, ys), (xq, yq) = flat(slice(0, shots), shots), flat(slice(shots, None), queries)
-            return {"x": xs, "y": ys, "xq": xq, "yq": yq}
+    def sample(n, generator=None):
+        checks.integer("n", n, minimum=1)
+        picks = torch.rand(n, len(rows), generator=generator).argsort(-1)[:, :ways].to(device)
+        # Padding scores above every real row: the first shots + queries of each row's order
+        # are distinct real rows of its class.
+        scores = torch.rand(n, ways, images.shape[1], generator=generator).to(device)
+        padding = torch.arange(images.shape[1], device=device) >= counts[picks, None]
+        chosen = scores.masked_fill(padding, 2.0).argsort(-1)[..., :shots + queries]
+        chosen_rows = images[picks[..., None], chosen]
+        labels = torch.arange(ways, device=device)[None, :, None]
 
-        return Tasks("classification", x.shape[1], ways, sample)
+        def flat(part, size):
+            return (chosen_rows[:, :, part].reshape(n, ways * size, images.shape[2]),
+                    labels.expand(n, ways, size).reshape(n, ways * size))
+
+        (xs, ys), (xq, yq) = flat(slice(0, shots), shots), flat(slice(shots, None), queries)
+        return {"x": xs, "y": ys, "xq": xq, "yq": yq}
+
+    return sample
 
 
 @functools.cache
