@@ -55,3 +55,10 @@ def test_resume_continues_and_refuses_a_changed_config(tmp_path, capsys):
     assert records(part) == records(whole)
     test = json.loads((part / "test.json").read_text())
     assert set(test) == {"test_loss", "test_accuracy"} and test["test_accuracy"] > 0.8
+
+
+def test_few_shot_test_classes_report_mean_test_metrics(tmp_path, capsys):
+    assert main(["run", str(EXAMPLES / "digits_anil.yaml"), "--out", str(tmp_path), *QUICK,
+                 "--set=problem.source.split.test_tasks=7"]) == 0
+    test = json.loads((tmp_path / "test.json").read_text())
+    assert 0 <= test["test_accuracy"] <= 1 and 0 < test["test_loss"] < 10

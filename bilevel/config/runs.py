@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import keystr, tree_leaves_with_path
+from torch.utils._pytree import keystr, tree_leaves, tree_leaves_with_path
 
 from bilevel.config import yamlfile
 from bilevel.config.build import build
@@ -99,7 +99,8 @@ def test_metrics(built, h) -> dict | None:
     if tasks is None:
         return None
     sums = evaluate(built.problem, h, tasks, built.solver)
-    return {f"test_{k.removeprefix('val_')}": v.item() for k, v in sums.items()}
+    count = tree_leaves(tasks)[0].shape[0]
+    return {f"test_{k.removeprefix('val_')}": v.item() / count for k, v in sums.items()}
 
 
 def validate(config: Config) -> dict:
