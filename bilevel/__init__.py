@@ -2,7 +2,7 @@
 
 from bilevel import solvers
 from bilevel.devices import resolve_device, resolve_dtype
-from bilevel.errors import BilevelError, DivergenceError
+from bilevel.errors import BilevelError, DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
@@ -15,7 +15,9 @@ __all__ = [
     "BilevelError",
     "BilevelProblem",
     "DivergenceError",
+    "InvalidInputError",
     "MetaTrainResult",
+    "RunDirectoryError",
     "estimators",
     "gradcheck",
     "gradcheck_table",

@@ -8,7 +8,7 @@ import torch
 from torch.utils._pytree import tree_structure
 
 from bilevel import checks
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import hypergradient
 from bilevel.tree import ravel, tree_leaves
@@ -53,14 +53,14 @@ def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", opt
     reference_name = reference if isinstance(reference, str) else None
     unused = sorted(set(options) - set(methods) - {reference_name})
     if unused:
-        raise BilevelError(f"options: given for {', '.join(unused)}, which is not among the "
+        raise InvalidInputError(f"options: given for {', '.join(unused)}, which is not among the "
                            f"methods checked ({', '.join(methods)})")
     repeats = checks.integer("repeats", repeats, minimum=1)
     if isinstance(reference, str):
         reference, _ = hypergradient(problem, h, tasks, solver=solver, method=reference,
                                      **options.get(reference, {}))
     elif tree_structure(reference) != tree_structure(h):
-        raise BilevelError(f"reference must be shaped like h, got {tree_structure(reference)} "
+        raise InvalidInputError(f"reference must be shaped like h, got {tree_structure(reference)} "
                            f"for h {tree_structure(h)}")
     flat_reference, _ = ravel(reference)
     return [measure(problem, h, tasks, solver, name, options.get(name, {}), flat_reference,

@@ -8,7 +8,7 @@ with a message that lists the valid ones.
 import dataclasses
 from importlib.metadata import entry_points
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 
 
 def name_and_options(spec, argument: str) -> tuple[str, dict]:
@@ -19,7 +19,7 @@ def name_and_options(spec, argument: str) -> tuple[str, dict]:
     if isinstance(spec, dict) and isinstance(spec.get("name"), str):
         options = dict(spec)
         return options.pop("name"), options
-    raise BilevelError(f"{argument} must be a name or a dict with a 'name' key, got {spec!r}")
+    raise InvalidInputError(f"{argument} must be a name or a dict with a 'name' key, got {spec!r}")
 
 
 class Registry:
@@ -42,7 +42,7 @@ class Registry:
 
         def add(obj):
             if name in self._entries:
-                raise BilevelError(f"{self.kind} {name!r} is already registered")
+                raise InvalidInputError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
             return obj
 
@@ -61,7 +61,7 @@ class Registry:
         if name not in self._entries and name in self._entry_points():
             self._entries[name] = self._entry_points()[name].load()
         if name not in self._entries:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}"
             )
         return self._entries[name]
@@ -72,7 +72,7 @@ class Registry:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - valid)
         if unknown:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"{argument}: unknown option(s) {', '.join(unknown)} for {self.kind} {name!r}; "
                 f"valid options are {', '.join(sorted(valid)) or '(none)'}"
             )

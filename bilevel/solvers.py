@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from bilevel import checks
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
 from bilevel.tree import tree_map, tree_sq_norm
 
@@ -77,7 +77,7 @@ class Nesterov:
         checks.integer("steps", self.steps, minimum=1)
         checks.optional_positive("tol", self.tol)
         if self.momentum is not None and not 0 <= self.momentum < 1:
-            raise BilevelError(f"momentum must be in [0, 1) or None, got {self.momentum!r}")
+            raise InvalidInputError(f"momentum must be in [0, 1) or None, got {self.momentum!r}")
 
     def run(self, grad_fn, init):
         phi = previous = init

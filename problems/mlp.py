@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from bilevel import BilevelError, BilevelProblem, checks
+from bilevel import BilevelProblem, InvalidInputError, checks
 
 
 def init_mlp(sizes, generator=None, dtype=torch.float32, device="cpu") -> dict:
@@ -43,7 +43,7 @@ class MLPPrior(BilevelProblem):
         self.sizes = tuple(sizes)
         self.lam_value = checks.positive("lam", lam)
         if not isinstance(learn_lam, bool):
-            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+            raise InvalidInputError(f"learn_lam must be True or False, got {learn_lam!r}")
         self.learn_lam = learn_lam
         self.dtype, self.device = dtype, torch.device(device)
 

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from bilevel import BilevelError, BilevelProblem, checks
+from bilevel import BilevelProblem, InvalidInputError, checks
 
 
 class Quadratic(BilevelProblem):
@@ -31,7 +31,7 @@ class Quadratic(BilevelProblem):
         self.dim = checks.integer("dim", dim, minimum=1)
         self.kappa = checks.positive("kappa", kappa)
         if self.kappa < 1:
-            raise BilevelError(f"kappa must be >= 1, got {kappa!r}")
+            raise InvalidInputError(f"kappa must be >= 1, got {kappa!r}")
         self.lam_init = checks.positive("lam", lam)
         self.n_tasks = checks.integer("n_tasks", n_tasks, minimum=1)
         self.dtype, self.device = dtype, torch.device(device)

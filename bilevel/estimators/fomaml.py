@@ -16,7 +16,7 @@ import dataclasses
 from torch.func import grad_and_value
 from torch.utils._pytree import tree_structure
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
 from bilevel.inner import solve_inner
 from bilevel.regularizers import require_key
@@ -25,7 +25,7 @@ from bilevel.tree import tree_map
 
 def check_theta_shaped_like_phi(theta, phi, method: str):
     if tree_structure(theta) != tree_structure(phi):
-        raise BilevelError(
+        raise InvalidInputError(
             f"{method} needs h['theta'] shaped like phi; got {tree_structure(theta)} "
             f"for phi {tree_structure(phi)}"
         )

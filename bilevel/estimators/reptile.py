@@ -17,7 +17,7 @@ import numbers
 
 from torch.func import grad_and_value
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
 from bilevel.estimators.fomaml import check_theta_shaped_like_phi
 from bilevel.inner import solve_inner
@@ -34,7 +34,7 @@ class Reptile:
         require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
         lr = getattr(solver, "lr", None)
         if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
-            raise BilevelError(
+            raise InvalidInputError(
                 f"reptile needs a solver with a step size lr, since it divides by "
                 f"steps * lr; got {solver!r}"
             )

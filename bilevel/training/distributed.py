@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.tree import ravel, tree_map
 
 
@@ -58,7 +58,7 @@ def shard(tasks, n: int, processes: Processes, argument: str):
     if processes.world_size == 1:
         return tasks, n
     if n < processes.world_size:
-        raise BilevelError(
+        raise InvalidInputError(
             f"{argument}={n} must be >= the number of processes ({processes.world_size})"
         )
     start = processes.rank * n // processes.world_size

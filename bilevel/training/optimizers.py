@@ -19,7 +19,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from bilevel import checks
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry, name_and_options
 
 optimizers = Registry("outer optimizer")
@@ -116,14 +116,14 @@ def _check_options(registry: Registry, name: str, options: dict, argument: str) 
              or p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise BilevelError(
+        raise InvalidInputError(
             f"{argument}: unknown option(s) {', '.join(unknown)} for {registry.kind} {name!r}; "
             f"valid options are {', '.join(sorted(valid)) or '(none)'}"
         )
     missing = [p.name for p in parameters if p.name in valid and p.default is p.empty
                and p.name not in options]
     if missing:
-        raise BilevelError(
+        raise InvalidInputError(
             f"{argument}: {registry.kind} {name!r} needs option(s) {', '.join(missing)}"
         )
 
@@ -167,13 +167,13 @@ class OuterOptimizer:
         try:
             optimizer = optimizers.get(self.name)(params, **self.options)
         except (TypeError, ValueError) as error:
-            raise BilevelError(f"outer optimizer {self.name!r}: {error}") from None
+            raise InvalidInputError(f"outer optimizer {self.name!r}: {error}") from None
         if self.schedule is None:
             return optimizer, None
         try:
             scheduler = schedules.get(self.schedule.name)(optimizer, **self.schedule.options)
         except (TypeError, ValueError, KeyError) as error:
-            raise BilevelError(f"schedule {self.schedule.name!r}: {error}") from None
+            raise InvalidInputError(f"schedule {self.schedule.name!r}: {error}") from None
         return optimizer, scheduler
 
     def as_dict(self) -> dict:

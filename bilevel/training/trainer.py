@@ -24,7 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel import checks
-from bilevel.errors import BilevelError, DivergenceError
+from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import check_problem_and_solver, hypergradient
 from bilevel.registry import name_and_options
@@ -115,14 +115,15 @@ class _Run:
         self.eval_every = checks.integer("eval_every", eval_every)
         self.eval_tasks = checks.integer("eval_tasks", eval_tasks)
         if (self.eval_every == 0) != (self.eval_tasks == 0):
-            raise BilevelError(f"eval_every and eval_tasks must be both 0 (no evaluation) or "
-                               f"both >= 1, got eval_every={eval_every!r}, "
-                               f"eval_tasks={eval_tasks!r}")
+            raise InvalidInputError(f"eval_every and eval_tasks must be both 0 (no evaluation) "
+                                    f"or both >= 1, got eval_every={eval_every!r}, "
+                                    f"eval_tasks={eval_tasks!r}")
         self.seed = checks.integer("seed", seed)
         if checkpoint_every is not None:
             checks.integer("checkpoint_every", checkpoint_every, minimum=1)
         if out is None and (resume or checkpoint_every is not None):
-            raise BilevelError("resume and checkpoint_every need a run directory: pass out=DIR")
+            raise InvalidInputError(
+                "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
@@ -323,7 +324,7 @@ def _matching_leaves(saved_h, spec, fresh, out) -> list:
     shapes = [tuple(leaf.shape) for leaf in leaves]
     expected = [tuple(leaf.shape) for leaf in fresh]
     if saved_spec != spec or shapes != expected:
-        raise BilevelError(f"resume: the hyperparameters in {out} do not match the problem's "
+        raise RunDirectoryError(f"resume: the hyperparameters in {out} do not match the problem's "
                            f"(keys/shapes {saved_h!r:.200} vs init_hyper's)")
     return [leaf.to(device=f.device, dtype=f.dtype) for leaf, f in zip(leaves, fresh,
                                                                         strict=True)]
