@@ -6,6 +6,7 @@ from torch.utils._pytree import keystr, tree_leaves_with_path
 from bilevel.errors import InvalidInputError
 from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
+from bilevel.solvers import as_solver
 from bilevel.tree import detach
 
 
@@ -15,14 +16,17 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml", **opti
     problem: a `BilevelProblem`.
     h: dict of hyperparameter tensors (nested dicts allowed).
     tasks: a batch from `problem.sample_tasks`, every leaf with the same leading dim.
-    solver: an inner solver (`bilevel.solvers.GD`, `Nesterov`, ...).
+    solver: an inner solver (`bilevel.solvers.GD`, `Nesterov`, ...: the contract is
+        `bilevel.solvers.InnerSolver`), or one given as a registered name or
+        {"name": "gd", "lr": ..., "steps": ...}.
     method: a registered estimator ("fo-bmaml", "exact", ...; `bilevel list`);
         `options` are its fields, e.g. nu=1e-3, scheme="symmetric" for "fo-bmaml".
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info holds
     diagnostics (inner gradient evaluations spent, final inner gradient norms, ...).
     """
-    check_problem_and_solver(problem, solver)
+    check_problem(problem)
+    solver = as_solver(solver)
     check_hyper(h)
     check_tasks(tasks)
     if not isinstance(method, str):
@@ -33,13 +37,11 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml", **opti
     return estimator(problem, detach(h), detach(tasks), solver)
 
 
-def check_problem_and_solver(problem, solver):
+def check_problem(problem):
     if not isinstance(problem, BilevelProblem):
         raise InvalidInputError(
             f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}"
         )
-    if not callable(getattr(solver, "run", None)):
-        raise InvalidInputError(f"solver must be an inner solver with a run method, got {solver!r}")
 
 
 def check_hyper(h):

@@ -76,3 +76,18 @@ def test_unknown_solver_lists_the_valid_ones():
     with pytest.raises(bilevel.BilevelError, match="unknown solver 'adam'; expected one of gd, "
                                                    "nesterov"):
         solvers.get("adam")
+
+
+def test_a_solver_given_by_spec_is_the_same_solver():
+    problem, h, tasks = problem_and_tasks()
+    spec = {"name": "nesterov", "lr": 1 / 11, "steps": 30}
+    by_spec, _ = bilevel.hypergradient(problem, h, tasks, solver=spec, method="fomaml")
+    by_object, _ = bilevel.hypergradient(problem, h, tasks, method="fomaml",
+                                         solver=bilevel.solvers.Nesterov(lr=1 / 11, steps=30))
+    torch.testing.assert_close(by_spec, by_object, rtol=0, atol=0)
+
+
+def test_with_steps_and_name():
+    solver = bilevel.solvers.Nesterov(lr=0.1, steps=5, momentum=0.5)
+    assert solver.with_steps(7) == bilevel.solvers.Nesterov(lr=0.1, steps=7, momentum=0.5)
+    assert solver.name == "nesterov" and solvers.name_of(bilevel.solvers.GD) == "gd"

@@ -99,7 +99,7 @@ class FOBMAML:
             stencil_solver = solver
             inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
         else:
-            stencil_solver = dataclasses.replace(solver, steps=self.warm_start_steps)
+            stencil_solver = solver.with_steps(self.warm_start_steps)
             inits, _ = vmap(solve_inner, in_dims=(None, None, 0, None))(problem, h, tasks, solver)
         n = tree_leaves(inits)[0].shape[0]
         nus = torch.tensor(points, dtype=leaf.dtype, device=leaf.device).repeat(n) * nu

@@ -12,7 +12,6 @@ up front; `.build(params)` returns the optimizer and the scheduler (or None).
 """
 
 import dataclasses
-import inspect
 import re
 
 import torch
@@ -109,25 +108,6 @@ for _name, _cls in sorted(vars(lr_scheduler).items()):
 del _name, _cls, _kebab
 
 
-def _check_options(registry: Registry, name: str, options: dict, argument: str) -> None:
-    """Options must be keyword arguments of the class, and every required one given."""
-    parameters = list(inspect.signature(registry.get(name)).parameters.values())[1:]
-    valid = {p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD
-             or p.kind is p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise InvalidInputError(
-            f"{argument}: unknown option(s) {', '.join(unknown)} for {registry.kind} {name!r}; "
-            f"valid options are {', '.join(sorted(valid)) or '(none)'}"
-        )
-    missing = [p.name for p in parameters if p.name in valid and p.default is p.empty
-               and p.name not in options]
-    if missing:
-        raise InvalidInputError(
-            f"{argument}: {registry.kind} {name!r} needs option(s) {', '.join(missing)}"
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """A learning-rate schedule: a registered name and its constructor options."""
@@ -138,7 +118,7 @@ class Schedule:
     @classmethod
     def parse(cls, spec, argument: str = "outer['schedule']") -> "Schedule":
         name, options = name_and_options(spec, argument)
-        _check_options(schedules, name, options, argument)
+        schedules.check_options(name, options, argument=argument, supplied=1)
         return cls(name, options)
 
 
@@ -159,7 +139,7 @@ class OuterOptimizer:
         schedule = options.pop("schedule", None)
         if schedule is not None:
             schedule = Schedule.parse(schedule, f"{argument}['schedule']")
-        _check_options(optimizers, name, options, argument)
+        optimizers.check_options(name, options, argument=argument, supplied=1)
         return cls(name, options, clip, schedule)
 
     def build(self, params):

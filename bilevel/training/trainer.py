@@ -26,9 +26,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from bilevel import checks
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
-from bilevel.hypergradient import check_problem_and_solver, hypergradient
+from bilevel.hypergradient import check_problem, hypergradient
 from bilevel.registry import name_and_options
-from bilevel.solvers import solvers
+from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
 from bilevel.training.metrics import evaluate, info_scalars, non_finite
 from bilevel.training.optimizers import OuterOptimizer, global_norm
@@ -57,7 +57,8 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
                progress: bool = True) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() for `steps` outer steps.
 
-    solver: the inner solver; method: an estimator name or {"name": ..., **options};
+    solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
+    method: an estimator name or {"name": ..., **options};
     outer: an outer optimizer name or {"name": ..., **options, "clip": max norm,
         "schedule": {"name": ..., **options}} (`bilevel.training.optimizers`);
     eval_every, eval_tasks: evaluate on eval_tasks held-out tasks (drawn once) every
@@ -106,8 +107,8 @@ class _Run:
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
                  eval_tasks, seed, out, checkpoint_every, resume):
-        check_problem_and_solver(problem, solver)
-        self.problem, self.solver = problem, solver
+        check_problem(problem)
+        self.problem, self.solver = problem, as_solver(solver)
         self.method, self.method_options = _method(method)
         self.outer = OuterOptimizer.parse(outer)
         self.steps = checks.integer("steps", steps, minimum=1)
@@ -174,7 +175,7 @@ class _Run:
         return torch.Generator().manual_seed(int(seeds[index]))
 
     def settings(self, dtype) -> dict:
-        solver = {"name": _registered_name(self.solver)}
+        solver = {"name": solver_name(self.solver)}
         if dataclasses.is_dataclass(self.solver):
             solver |= dataclasses.asdict(self.solver)
         estimator = estimators.build(self.method, self.method_options, argument="method")
@@ -309,13 +310,6 @@ def _method(method) -> tuple[str, dict]:
     name, options = name_and_options(method, "method")
     estimators.build(name, options, argument="method")  # unknown names and options fail now
     return name, options
-
-
-def _registered_name(solver) -> str:
-    for name in solvers.names():
-        if solvers.get(name) is type(solver):
-            return name
-    return type(solver).__qualname__
 
 
 def _matching_leaves(saved_h, spec, fresh, out) -> list:
