@@ -6,12 +6,13 @@ from bilevel.errors import BilevelError, DivergenceError, InvalidInputError, Run
 from bilevel.estimators import estimators
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
-from bilevel.inner import outer_loss, solve_inner
+from bilevel.inner import at_inner_solutions, outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
 from bilevel.regularizers import regularizers
 from bilevel.training import MetaTrainResult, meta_train, optimizers, schedules
 
 __all__ = [
+    "at_inner_solutions",
     "BilevelError",
     "BilevelProblem",
     "DivergenceError",

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import bilevel  # noqa: E402
+from bilevel.tree import relative_error  # noqa: E402
 from problems.quadratic import Quadratic  # noqa: E402
 
 METHODS = [  # label, method, options
@@ -37,10 +38,6 @@ FULL = {"dim": 20, "kappa": 1e3, "lam": 10.0, "n_tasks": 10,
         "steps": [5, 10, 20, 50, 100, 200, 500, 1000], "outer_steps": 50,
         "outer_lrs": [0.01, 0.03, 0.1, 0.3], "loss_inner_steps": 20}
 QUICK = FULL | {"dim": 4, "n_tasks": 2, "steps": [5, 20], "outer_steps": 3, "outer_lrs": [1.0]}
-
-
-def relative_error(estimate, reference) -> float:
-    return ((estimate - reference).norm() / reference.norm()).item()
 
 
 def error_curves(problem, h, tasks, setting):

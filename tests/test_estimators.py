@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.tree import tree_map
+from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
-from tests.conftest import relative_error, seeded
+from tests.conftest import seeded
 from tests.toy_problems import SharedDecoderRegression, TinyMLPRegression
 
 CONVERGED = bilevel.solvers.GD(lr=2 / 13, steps=120)  # spectrum [2, 11]: contraction 9/13

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.tree import tree_dot, tree_map
-from tests.conftest import DEVICES, relative_error, seeded
+from bilevel.tree import relative_error, tree_dot, tree_map
+from tests.conftest import DEVICES, seeded
 from tests.toy_problems import SharedDecoderRegression, TinyMLPRegression
 
 NESTEROV = bilevel.solvers.Nesterov(lr=0.5, steps=400, momentum=0.6)

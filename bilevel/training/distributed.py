@@ -87,7 +87,7 @@ def sum_over_processes(tree, processes: Processes):
 
 
 def combine(entries, n_local: int, n_total: int, processes: Processes) -> dict:
-    """Python numbers from (name, 0-dim tensor, op) entries (`metrics.info_scalars`):
+    """Python numbers from (name, 0-dim tensor, op) entries (`bilevel.info.Info.scalars`):
     all-reduced by op, then moved to the host in one transfer (the step's one sync)."""
     if not entries:
         return {}
