@@ -41,7 +41,7 @@ def test_default_reference_is_exact_and_every_method_runs(setting):
     problem, h, tasks = setting
     solver = bilevel.solvers.GD(lr=1 / 11, steps=10)
     rows = bilevel.gradcheck(problem, h, tasks, solver=solver, repeats=1)
-    assert [row["method"] for row in rows] == bilevel.estimators.names()
+    assert [row["method"] for row in rows] == bilevel.estimators.estimators.names()
     errors = {row["method"]: row["rel_error"] for row in rows}
     assert errors["exact"] == 0 and errors["imaml"] < 1e-12  # same phi_K, CG exact in dim 4
     assert errors["maml"] > 1e-3  # 10 steps: the K-step gradient differs

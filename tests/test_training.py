@@ -79,7 +79,7 @@ def test_schedule_sets_the_learning_rate_of_each_step():
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
 
 
-@pytest.mark.parametrize("name", bilevel.optimizers.names())
+@pytest.mark.parametrize("name", bilevel.optimizers.optimizers.names())
 def test_every_registered_outer_optimizer_lowers_the_outer_loss(name):
     problem = Quadratic(dim=4, kappa=10.0, n_tasks=4, lam=10.0)
     tasks = problem.all_tasks()
