@@ -30,6 +30,12 @@ def global_norm(tensors) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
+def clip_coefficient(norm: torch.Tensor, max_norm: float, eps: float = 0.0) -> torch.Tensor:
+    """min(1, max_norm / (||g|| + eps)): the factor that clips g to norm max_norm (with
+    eps = 0, max_norm / 0 = inf is clamped to 1: a zero gradient stays a zero step)."""
+    return torch.clamp(max_norm / (norm + eps), max=1.0)
+
+
 class _NormScaledGD(torch.optim.Optimizer):
     """theta <- theta - lr * scale(||g||) g, with ||g|| the norm over every parameter of
     every group: h is one vector for the paper's analysis."""
@@ -66,8 +72,7 @@ class ClippedGD(_NormScaledGD):
         super().__init__(params, {"lr": lr, "max_norm": max_norm})
 
     def scale(self, norm, group):
-        # max_norm / 0 = inf, clamped to 1: a zero gradient stays a zero step.
-        return torch.clamp(group["max_norm"] / norm, max=1.0)
+        return clip_coefficient(norm, group["max_norm"])
 
 
 @optimizers.register("normalized-gd")
@@ -166,4 +171,4 @@ class OuterOptimizer:
         """min(1, clip / (||g|| + 1e-6)), torch's `clip_grad_norm_` rule; None without clip."""
         if self.clip is None:
             return None
-        return torch.clamp(self.clip / (norm + 1e-6), max=1.0)
+        return clip_coefficient(norm, self.clip, eps=1e-6)
