@@ -47,7 +47,7 @@ def error_curves(problem, h, tasks, setting):
     for label, method, options in METHODS:
         curves[label] = []
         for steps in setting["steps"]:
-            solver = bilevel.solvers.GD(lr=1 / (problem.smoothness + setting["lam"]), steps=steps)
+            solver = bilevel.solvers.GD(lr=1 / (problem.kappa + setting["lam"]), steps=steps)
             grad, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
                                             **options)
             curves[label].append(relative_error(grad["theta"]["w"], reference))
@@ -56,7 +56,7 @@ def error_curves(problem, h, tasks, setting):
 
 def loss_curve(problem, h, tasks, method, options, lr, setting):
     """F(theta_t) along outer GD with this method's hypergradient (inf on divergence)."""
-    solver = bilevel.solvers.GD(lr=1 / (problem.smoothness + setting["lam"]),
+    solver = bilevel.solvers.GD(lr=1 / (problem.kappa + setting["lam"]),
                                 steps=setting["loss_inner_steps"])
     theta, losses = h["theta"]["w"], []
     for _ in range(setting["outer_steps"] + 1):

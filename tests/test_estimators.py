@@ -35,7 +35,7 @@ def k_step_iterate(problem, h, tasks, lr, steps):
     theta = h["theta"]["w"]
     m, u = torch.linalg.eigh(tasks["A"] + torch.diag(lam))
     t = 1 - lr * m
-    phi_star = problem.solution(h, tasks)
+    phi_star = problem.solutions(h, tasks)
     gap = theta - phi_star
 
     def power(x):  # T^K x, batched

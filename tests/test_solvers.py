@@ -29,7 +29,7 @@ def solve_all(problem, h, tasks, solver):
 def test_solvers_reach_the_closed_form_solution(device, solver):
     problem, h, tasks = problem_and_tasks(device)
     phi, stats = solve_all(problem, h, tasks, solver)
-    torch.testing.assert_close(phi["w"], problem.solution(h, tasks), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(phi["w"], problem.solutions(h, tasks), rtol=1e-10, atol=1e-10)
     assert phi["w"].device.type == device and phi["w"].dtype == torch.float64
     assert stats["grad_norm"].shape == (5,) and (stats["steps"] == solver.steps).all()
 
@@ -52,7 +52,7 @@ def test_tolerance_freezes_each_task_without_breaking_the_batch(name):
 def test_warm_start_from_a_solution_stays_there():
     problem, h, tasks = problem_and_tasks()
     task = {k: v[0] for k, v in tasks.items()}
-    exact = {"w": problem.solution(h, tasks)[0]}
+    exact = {"w": problem.solutions(h, tasks)[0]}
     phi, stats = bilevel.solve_inner(problem, h, task, bilevel.solvers.GD(lr=0.09, steps=3),
                                      init=exact)
     torch.testing.assert_close(phi["w"], exact["w"], rtol=1e-12, atol=1e-12)
