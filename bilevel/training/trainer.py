@@ -27,6 +27,7 @@ from bilevel import checks
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import check_problem, hypergradient
+from bilevel.info import LOSS_KEY
 from bilevel.registry import name_and_options
 from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
@@ -34,7 +35,8 @@ from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_fini
 from bilevel.training.optimizers import OuterOptimizer, global_norm
 from bilevel.training.rundir import RunDirectory
 
-# Quantities checked for NaN / Inf at every step, and how the error names them.
+# Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
+# error names them.
 WATCHED = {"loss": "the loss", "grad_norm": "the hypergradient's norm",
            "inner_grad_norm_mean": "an inner solution's gradient norm",
            "inner_grad_norm_max": "an inner solution's gradient norm"}
@@ -299,10 +301,11 @@ class _Run:
                    "held_out_inner_grad_evals_total": self.held_out_evals_total,
                    "total_inner_grad_evals": self.evals_total + self.held_out_evals_total,
                    "last": self.history[-1] if self.history else None}
-        evaluated = [r for r in self.history if "eval_val_loss" in r]
+        key = f"eval_{LOSS_KEY}"
+        evaluated = [r for r in self.history if key in r]
         if evaluated:
-            best = min(evaluated, key=lambda r: r["eval_val_loss"])
-            summary["best_eval"] = {"step": best["step"], "eval_val_loss": best["eval_val_loss"]}
+            best = min(evaluated, key=lambda r: r[key])
+            summary["best_eval"] = {"step": best["step"], key: best[key]}
         if self.files is not None:
             self.files.finish(summary, self.history)
         h = tree_unflatten([p.detach().clone() for p in self.params], self.spec)
