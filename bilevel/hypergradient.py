@@ -22,8 +22,10 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml", **opti
     method: a registered estimator ("fo-bmaml", "exact", ...; `bilevel list`);
         `options` are its fields, e.g. nu=1e-3, scheme="symmetric" for "fo-bmaml".
 
-    Returns (grad, info): grad has exactly the keys and shapes of h; info holds
-    diagnostics (inner gradient evaluations spent, final inner gradient norms, ...).
+    Returns (grad, info): grad has exactly the keys and shapes of h; info is a
+    `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
+    inner gradient norm of each task, and the call's cost (`info["inner_grad_evals"]`,
+    `info["hvps"]`, ...; `bilevel.info.Cost`).
     """
     check_problem(problem)
     solver = as_solver(solver)
