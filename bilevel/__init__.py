@@ -1,22 +1,30 @@
-"""bilevel: bilevel hyperparameter and meta-parameter learning for PyTorch."""
+"""bilevel: bilevel hyperparameter and meta-parameter learning for PyTorch.
 
-from bilevel import solvers
+Units of one kind live in a module named after the kind, which holds the units and their
+registry under the module's own name: `bilevel.solvers` (module) with `bilevel.solvers.GD`
+and the registry `bilevel.solvers.solvers`; likewise `bilevel.estimators.estimators`,
+`bilevel.regularizers.regularizers`, `bilevel.optimizers.optimizers` and
+`bilevel.optimizers.schedules`, `bilevel.problem.problems`.
+"""
+
+from bilevel import estimators, regularizers, solvers
 from bilevel.config import load_config
 from bilevel.devices import resolve_device, resolve_dtype
-from bilevel.errors import BilevelError, DivergenceError
-from bilevel.estimators import estimators
+from bilevel.errors import BilevelError, DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
-from bilevel.inner import outer_loss, solve_inner
+from bilevel.inner import at_inner_solutions, outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
-from bilevel.regularizers import regularizers
-from bilevel.training import MetaTrainResult, meta_train, optimizers, schedules
+from bilevel.training import MetaTrainResult, meta_train, optimizers
 
 __all__ = [
+    "at_inner_solutions",
     "BilevelError",
     "BilevelProblem",
     "DivergenceError",
+    "InvalidInputError",
     "MetaTrainResult",
+    "RunDirectoryError",
     "estimators",
     "gradcheck",
     "gradcheck_table",
@@ -28,7 +36,6 @@ __all__ = [
     "regularizers",
     "resolve_device",
     "resolve_dtype",
-    "schedules",
     "solve_inner",
     "solvers",
 ]

@@ -1,23 +1,23 @@
-"""Argument checks that raise `BilevelError` naming the argument and the value."""
+"""Argument checks that raise `InvalidInputError` naming the argument and the value."""
 
 import math
 import numbers
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 
 
 def positive(name: str, value) -> float:
     """A finite number > 0."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
-        raise BilevelError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def integer(name: str, value, minimum: int = 0) -> int:
     """An int >= minimum."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise BilevelError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -27,5 +27,6 @@ def optional_positive(name: str, value) -> float | None:
 
 def one_of(name: str, value, choices) -> str:
     if value not in choices:
-        raise BilevelError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        listed = ', '.join(map(repr, choices))
+        raise InvalidInputError(f"{name} must be one of {listed}, got {value!r}")
     return value

@@ -1,9 +1,29 @@
-"""The library's one root exception type."""
+"""The library's exceptions: one root, `BilevelError`, and one subclass per kind of fault.
+
+    BilevelError            root: `except bilevel.BilevelError` catches every one below
+    InvalidInputError       an argument, option or name is not what the library expects
+                            (also a ValueError, as Python's own argument errors are)
+    DivergenceError         a run produced a NaN or Inf (not a ValueError: the input was
+                            valid, the numbers blew up)
+    RunDirectoryError       a run directory cannot be used as asked: it already holds a
+                            run, it holds no checkpoint to resume, or its recorded settings
+                            differ from the resumed run's
+
+Every message names the argument, file or key, the value received and what was expected.
+"""
 
 
-class BilevelError(ValueError):
-    """Raised for invalid input to the library: the message names the argument,
-    the value received and what was expected."""
+class BilevelError(Exception):
+    """The root of the library's own errors."""
+
+
+class InvalidInputError(BilevelError, ValueError):
+    """Invalid input: the message names the argument, the value received and what was
+    expected."""
+
+
+class RunDirectoryError(BilevelError):
+    """A run directory (`meta_train(out=...)`) conflicts with the run asked for."""
 
 
 class DivergenceError(BilevelError):

@@ -8,10 +8,10 @@ import torch
 from torch.utils._pytree import tree_structure
 
 from bilevel import checks
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import hypergradient
-from bilevel.tree import ravel, tree_leaves
+from bilevel.tree import relative_error, tree_leaves
 
 COLUMNS = (  # (row key, header, format)
     ("method", "method", "{}"),
@@ -38,9 +38,8 @@ def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", opt
 
     Returns one row (dict) per method:
         rel_error         ||grad - reference|| / ||reference|| over every leaf of h
-        inner_grad_evals  inner gradient evaluations, all tasks together
-        hvps              Hessian-vector products, or None where the estimator reports none
-                          (fo-bmaml: it uses none; exact: it forms dense Hessians)
+        inner_grad_evals, grad_evals, hvps, mixed_products
+                          the estimator's cost, all tasks together (`bilevel.info.Cost`)
         inner_grad_norm   the largest final inner gradient norm over the tasks
         time_s            median wall time of one call (perf_counter)
         peak_memory_mib   peak CUDA memory above what was allocated before the call, or None
@@ -53,21 +52,20 @@ def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", opt
     reference_name = reference if isinstance(reference, str) else None
     unused = sorted(set(options) - set(methods) - {reference_name})
     if unused:
-        raise BilevelError(f"options: given for {', '.join(unused)}, which is not among the "
+        raise InvalidInputError(f"options: given for {', '.join(unused)}, which is not among the "
                            f"methods checked ({', '.join(methods)})")
     repeats = checks.integer("repeats", repeats, minimum=1)
     if isinstance(reference, str):
         reference, _ = hypergradient(problem, h, tasks, solver=solver, method=reference,
                                      **options.get(reference, {}))
     elif tree_structure(reference) != tree_structure(h):
-        raise BilevelError(f"reference must be shaped like h, got {tree_structure(reference)} "
+        raise InvalidInputError(f"reference must be shaped like h, got {tree_structure(reference)} "
                            f"for h {tree_structure(h)}")
-    flat_reference, _ = ravel(reference)
-    return [measure(problem, h, tasks, solver, name, options.get(name, {}), flat_reference,
+    return [measure(problem, h, tasks, solver, name, options.get(name, {}), reference,
                     repeats) for name in methods]
 
 
-def measure(problem, h, tasks, solver, method, options, flat_reference, repeats) -> dict:
+def measure(problem, h, tasks, solver, method, options, reference, repeats) -> dict:
     # An untimed first call gives the result and pays torch's one-time costs (it builds
     # forward-AD decompositions, for one), which would otherwise land on one method's time.
     grad, info = hypergradient(problem, h, tasks, solver=solver, method=method, **options)
@@ -85,14 +83,11 @@ def measure(problem, h, tasks, solver, method, options, flat_reference, repeats)
             torch.cuda.synchronize(device)
             peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         times.append(time.perf_counter() - start)
-    flat, _ = ravel(grad)
-    error = (flat - flat_reference).norm() / flat_reference.norm()
     return {
         "method": method,
         "options": options,
-        "rel_error": error.item(),
-        "inner_grad_evals": info["inner_grad_evals"],
-        "hvps": info.get("hvps"),
+        "rel_error": relative_error(grad, reference),
+        **info.cost.as_dict(),
         "inner_grad_norm": info["inner_grad_norm"].max().item(),
         "time_s": statistics.median(times),
         "peak_memory_mib": peak,

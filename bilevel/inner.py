@@ -12,11 +12,18 @@ def solve_inner(problem, h, task, solver, init=None):
     return solver.run(grad(lambda phi: problem.inner_objective(phi, h, task)), init)
 
 
-def outer_loss(problem, h, tasks, solver) -> torch.Tensor:
-    """F(h) = mean over tasks of val_loss(phi*_i(h), h, task_i) (eq. 5), solves batched."""
+def at_inner_solutions(metric, problem, h, tasks, solver):
+    """metric(phi*_i(h), h, task_i) for every task of the batch `tasks`, the inner problems
+    solved in one vmapped batch: one value (or dict of values) per task, stacked. Costs
+    solver.steps inner gradient evaluations per task."""
 
     def one_task(task):
         phi, _ = solve_inner(problem, h, task, solver)
-        return problem.val_loss(phi, h, task)
+        return metric(phi, h, task)
 
-    return vmap(one_task)(tasks).mean()
+    return vmap(one_task)(tasks)
+
+
+def outer_loss(problem, h, tasks, solver) -> torch.Tensor:
+    """F(h) = mean over tasks of val_loss(phi*_i(h), h, task_i) (eq. 5), solves batched."""
+    return at_inner_solutions(problem.val_loss, problem, h, tasks, solver).mean()

@@ -18,6 +18,7 @@ import abc
 import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
+from bilevel.info import LOSS_KEY
 from bilevel.registry import Registry
 from bilevel.regularizers import regularizers, require_key, weighted_sum
 
@@ -81,4 +82,4 @@ class BilevelProblem(abc.ABC):
     def eval_metrics(self, phi: dict, h: dict, task) -> dict[str, torch.Tensor]:
         """Scalar metrics of one held-out task at its inner solution phi; the trainer
         averages them over tasks (default: {"val_loss": val_loss(phi, h, task)})."""
-        return {"val_loss": self.val_loss(phi, h, task)}
+        return {LOSS_KEY: self.val_loss(phi, h, task)}

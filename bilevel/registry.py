@@ -5,10 +5,10 @@ turns a name and options into an instance and rejects unknown names or options
 with a message that lists the valid ones.
 """
 
-import dataclasses
+import inspect
 from importlib.metadata import entry_points
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 
 
 def name_and_options(spec, argument: str) -> tuple[str, dict]:
@@ -19,7 +19,7 @@ def name_and_options(spec, argument: str) -> tuple[str, dict]:
     if isinstance(spec, dict) and isinstance(spec.get("name"), str):
         options = dict(spec)
         return options.pop("name"), options
-    raise BilevelError(f"{argument} must be a name or a dict with a 'name' key, got {spec!r}")
+    raise InvalidInputError(f"{argument} must be a name or a dict with a 'name' key, got {spec!r}")
 
 
 class Registry:
@@ -42,7 +42,7 @@ class Registry:
 
         def add(obj):
             if name in self._entries:
-                raise BilevelError(f"{self.kind} {name!r} is already registered")
+                raise InvalidInputError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
             return obj
 
@@ -61,22 +61,41 @@ class Registry:
         if name not in self._entries and name in self._entry_points():
             self._entries[name] = self._entry_points()[name].load()
         if name not in self._entries:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}"
             )
         return self._entries[name]
 
-    def build(self, name: str, options: dict, *, argument: str = "options"):
-        """Instantiate the dataclass registered as `name` with `options`."""
-        cls = self.get(name)
-        valid = {f.name for f in dataclasses.fields(cls)}
+    def check_options(self, name: str, options: dict, *, argument: str = "options",
+                      supplied: int = 0) -> None:
+        """`options` must be keyword parameters of the unit registered as `name`, and every
+        required one must be given; `supplied`: how many leading parameters the caller
+        passes itself (1 for an optimizer's params, a schedule's optimizer)."""
+        parameters = list(inspect.signature(self.get(name)).parameters.values())[supplied:]
+        valid = {p.name for p in parameters
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         unknown = sorted(set(options) - valid)
         if unknown:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"{argument}: unknown option(s) {', '.join(unknown)} for {self.kind} {name!r}; "
                 f"valid options are {', '.join(sorted(valid)) or '(none)'}"
             )
-        return cls(**options)
+        missing = [p.name for p in parameters
+                   if p.name in valid and p.default is p.empty and p.name not in options]
+        if missing:
+            raise InvalidInputError(
+                f"{argument}: {self.kind} {name!r} needs option(s) {', '.join(missing)}")
+
+    def build(self, name: str, options: dict, *, argument: str = "options"):
+        """Instantiate the unit registered as `name` with `options` (`check_options`)."""
+        self.check_options(name, options, argument=argument)
+        return self.get(name)(**options)
+
+    def name_of(self, unit) -> str | None:
+        """The name under which `unit` (a registered class or an instance of one) is
+        registered, or None: how a record names the unit an object came from."""
+        cls = unit if isinstance(unit, type) else type(unit)
+        return next((name for name in self.names() if self.get(name) is cls), None)
 
     def from_spec(self, spec, *, argument: str):
         """Build a unit given as `name` or {"name": ..., **options} (`name_and_options`)."""

@@ -11,7 +11,7 @@ or None when the inner problem has no regulariser.
 import torch
 from torch.utils._pytree import tree_leaves, tree_map, tree_structure
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
 
 regularizers = Registry("regularizer")
@@ -19,7 +19,7 @@ regularizers = Registry("regularizer")
 
 def require_key(h: dict, key: str, needed_by: str):
     if key not in h:
-        raise BilevelError(
+        raise InvalidInputError(
             f"h has no key {key!r}, which {needed_by} needs; h has keys {sorted(h)}"
         )
     return h[key]
@@ -48,13 +48,13 @@ def weighted_sum(lam, terms) -> torch.Tensor:
     """sum_j lam_j r_j, for a scalar `lam` or a pytree of `lam` shaped like `terms`."""
     if isinstance(lam, torch.Tensor):
         if lam.ndim != 0:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"lam(h) must be a scalar tensor or a dict shaped like phi, "
                 f"got a tensor of shape {tuple(lam.shape)}"
             )
         return lam * sum(t.sum() for t in tree_leaves(terms))
     if tree_structure(lam) != tree_structure(terms):
-        raise BilevelError(
+        raise InvalidInputError(
             "lam(h) given per tensor or per coordinate must have the keys of phi; "
             f"got {tree_structure(lam)} for phi {tree_structure(terms)}"
         )

@@ -6,7 +6,8 @@ Built on `torch.utils._pytree`, the pytree module that `torch.func` itself uses.
 import torch
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
-__all__ = ["tree_map", "tree_leaves", "tree_dot", "tree_sq_norm", "ravel", "detach"]
+__all__ = ["tree_map", "tree_leaves", "tree_dot", "tree_sq_norm", "ravel", "detach",
+           "relative_error"]
 
 
 def tree_dot(a, b) -> torch.Tensor:
@@ -34,3 +35,10 @@ def ravel(tree):
         return tree_unflatten([p.reshape(s) for p, s in zip(parts, shapes, strict=True)], spec)
 
     return torch.cat([leaf.reshape(-1) for leaf in leaves]), unravel
+
+
+def relative_error(estimate, reference) -> float:
+    """||estimate - reference|| / ||reference|| over every leaf of two pytrees."""
+    a, _ = ravel(estimate)
+    b, _ = ravel(reference)
+    return ((a - b).norm() / b.norm()).item()

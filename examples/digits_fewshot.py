@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.func import vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,12 +30,7 @@ SOLVER = bilevel.solvers.Nesterov(lr=0.1, steps=60, momentum=0.8)
 
 def test_metrics(problem, h, tasks) -> dict:
     """Mean query loss and accuracy after the inner solve, over the tasks."""
-
-    def one_task(task):
-        phi, _ = bilevel.solve_inner(problem, h, task, SOLVER)
-        return problem.eval_metrics(phi, h, task)
-
-    metrics = vmap(one_task)(tasks)
+    metrics = bilevel.at_inner_solutions(problem.eval_metrics, problem, h, tasks, SOLVER)
     accuracy = metrics["accuracy"]
     return {"query_loss": metrics["val_loss"].mean().item(), "accuracy": accuracy.mean().item(),
             "accuracy_sem": (accuracy.std() / len(accuracy) ** 0.5).item()}

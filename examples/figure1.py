@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import bilevel  # noqa: E402
+from bilevel.tree import relative_error  # noqa: E402
 from problems.quadratic import Quadratic  # noqa: E402
 
 METHODS = [  # label, method, options
@@ -39,10 +40,6 @@ FULL = {"dim": 20, "kappa": 1e3, "lam": 10.0, "n_tasks": 10,
 QUICK = FULL | {"dim": 4, "n_tasks": 2, "steps": [5, 20], "outer_steps": 3, "outer_lrs": [1.0]}
 
 
-def relative_error(estimate, reference) -> float:
-    return ((estimate - reference).norm() / reference.norm()).item()
-
-
 def error_curves(problem, h, tasks, setting):
     """Relative error of each method's theta-gradient against the closed form."""
     reference = problem.meta_gradient(h, tasks)["theta"]["w"]
@@ -50,7 +47,7 @@ def error_curves(problem, h, tasks, setting):
     for label, method, options in METHODS:
         curves[label] = []
         for steps in setting["steps"]:
-            solver = bilevel.solvers.GD(lr=1 / (problem.smoothness + setting["lam"]), steps=steps)
+            solver = bilevel.solvers.GD(lr=1 / (problem.kappa + setting["lam"]), steps=steps)
             grad, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
                                             **options)
             curves[label].append(relative_error(grad["theta"]["w"], reference))
@@ -59,7 +56,7 @@ def error_curves(problem, h, tasks, setting):
 
 def loss_curve(problem, h, tasks, method, options, lr, setting):
     """F(theta_t) along outer GD with this method's hypergradient (inf on divergence)."""
-    solver = bilevel.solvers.GD(lr=1 / (problem.smoothness + setting["lam"]),
+    solver = bilevel.solvers.GD(lr=1 / (problem.kappa + setting["lam"]),
                                 steps=setting["loss_inner_steps"])
     theta, losses = h["theta"]["w"], []
     for _ in range(setting["outer_steps"] + 1):

@@ -9,17 +9,11 @@ import time
 import torch
 
 import bilevel
-from bilevel.tree import ravel
+from bilevel.tree import relative_error
 from problems.quadratic import Quadratic
 
 DIM, KAPPA, LAM, TASKS = 20, 100.0, 1.0, 16
 INNER_STEPS, OUTER_STEPS, OUTER_LR = 200, 30, 2.0
-
-
-def relative_error(estimate, reference) -> float:
-    a, _ = ravel(estimate)
-    b, _ = ravel(reference)
-    return ((a - b).norm() / b.norm()).item()
 
 
 def main():

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bilevel  # noqa: E402
-from bilevel.tree import ravel  # noqa: E402
+from bilevel.tree import relative_error  # noqa: E402
 from examples.common import example_parser, save  # noqa: E402
 from examples.common import parse as parse_args  # noqa: E402
 from problems.ridge import Ridge  # noqa: E402
@@ -31,8 +31,7 @@ def run(args) -> dict:
     for step in range(args.steps + 1):
         solver = bilevel.solvers.Nesterov(lr=1 / problem.smoothness(h), steps=100, momentum=0.8)
         grad, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fo-bmaml")
-        closed, _ = ravel(problem.meta_gradient(h, tasks))
-        error = ((ravel(grad)[0] - closed).norm() / closed.norm()).item()
+        error = relative_error(grad, problem.meta_gradient(h, tasks))
         if step % REPORT_EVERY == 0 or step == args.steps:
             trace.append({"step": step, "val_loss": problem.outer_loss(h, tasks).item(),
                           "hypergradient_error": error})

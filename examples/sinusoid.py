@@ -54,12 +54,7 @@ METHODS = {
 
 def query_mse(problem, h, tasks, solver) -> torch.Tensor:
     """Per-task query MSE after adapting h with `solver` on each support set, shape (n,)."""
-
-    def one_task(task):
-        phi, _ = bilevel.solve_inner(problem, h, task, solver)
-        return problem.val_loss(phi, h, task)
-
-    return vmap(one_task)(tasks)
+    return bilevel.at_inner_solutions(problem.val_loss, problem, h, tasks, solver)
 
 
 def sharpness(problem, theta, tasks, iterations=30) -> torch.Tensor:

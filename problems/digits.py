@@ -22,8 +22,8 @@ accuracy; `sample_tasks(n, split="test")` draws meta-test tasks.
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from bilevel import BilevelError, checks
-from problems.classification import accuracy, cross_entropy
+from bilevel import InvalidInputError, checks
+from problems.classification import classification_metrics, cross_entropy
 from problems.digits_data import CLASSES, FEATURES, digits, standardize
 from problems.mlp import MLPPrior, mlp
 
@@ -44,7 +44,7 @@ class Digits(MLPPrior):
         self.classes = {"train": self._check_classes("train_classes", train_classes),
                         "test": self._check_classes("test_classes", test_classes)}
         if set(self.classes["train"]) & set(self.classes["test"]):
-            raise BilevelError(
+            raise InvalidInputError(
                 "train_classes and test_classes must be disjoint, but got "
                 f"{self.classes['train']} and {self.classes['test']}")
         x, y = digits(dtype, self.device)
@@ -56,9 +56,9 @@ class Digits(MLPPrior):
     def _check_classes(self, name, classes) -> tuple[int, ...]:
         classes = tuple(classes)
         if len(set(classes)) != len(classes) or not set(classes) <= set(range(CLASSES)):
-            raise BilevelError(f"{name} must be distinct digits in 0..9, got {classes!r}")
+            raise InvalidInputError(f"{name} must be distinct digits in 0..9, got {classes!r}")
         if len(classes) < self.ways:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"{name} must hold at least ways={self.ways} classes, got {classes!r}")
         return classes
 
@@ -67,7 +67,7 @@ class Digits(MLPPrior):
         members = [x[y == c] for c in classes]
         counts = torch.tensor([len(m) for m in members], device=x.device)
         if counts.min() < self.shots + self.queries:
-            raise BilevelError(
+            raise InvalidInputError(
                 f"shots + queries must be at most {int(counts.min())} (the smallest class of "
                 f"{classes}), got {self.shots} + {self.queries}")
         return pad_sequence(members, batch_first=True), counts
@@ -107,6 +107,4 @@ class Digits(MLPPrior):
 
     def eval_metrics(self, phi, h, task) -> dict:
         """{"val_loss", "accuracy"} on the query set of one task."""
-        logits = mlp(phi, task["xq"])
-        return {"val_loss": cross_entropy(logits, task["yq"]).mean(),
-                "accuracy": accuracy(logits, task["yq"])}
+        return classification_metrics(mlp(phi, task["xq"]), task["yq"])

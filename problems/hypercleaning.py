@@ -21,7 +21,7 @@ repeated n times (leading dim n, a view).
 
 import torch
 
-from bilevel import BilevelError, checks
+from bilevel import InvalidInputError, checks
 from problems.classification import cross_entropy, linear_logits
 from problems.digits_data import CLASSES
 from problems.linear_digits import LinearDigits
@@ -33,7 +33,7 @@ class HyperCleaning(LinearDigits):
     def __init__(self, n_train=1000, n_val=300, corruption=0.5, l2=1e-3, seed=0,
                  dtype=torch.float32, device="cpu"):
         if not 0 <= corruption < 1:
-            raise BilevelError(f"corruption must be a fraction in [0, 1), got {corruption!r}")
+            raise InvalidInputError(f"corruption must be a fraction in [0, 1), got {corruption!r}")
         self.l2 = checks.positive("l2", l2)
         generator = self.split(n_train, n_val, seed, dtype, device)
         n_corrupted = round(corruption * n_train)
@@ -66,7 +66,7 @@ class HyperCleaning(LinearDigits):
         weights, corrupted = h["weights"], self.corrupted
         bad, good = weights[corrupted], weights[~corrupted]
         if len(bad) == 0 or len(good) == 0:
-            raise BilevelError("detection needs both corrupted and clean training examples, "
+            raise InvalidInputError("detection needs both corrupted and clean training examples, "
                                f"got {len(bad)} corrupted of {self.n_train}")
         below = (bad[:, None] < good[None, :]).to(self.dtype)
         tied = (bad[:, None] == good[None, :]).to(self.dtype)

@@ -13,7 +13,13 @@ The test set never enters a task: `report` measures it.
 import torch
 
 from bilevel import BilevelProblem, checks, solve_inner
-from problems.classification import accuracy, cross_entropy, init_linear, linear_logits
+from problems.classification import (
+    accuracy,
+    classification_metrics,
+    cross_entropy,
+    init_linear,
+    linear_logits,
+)
 from problems.digits_data import CLASSES, FEATURES, digits, random_split, standardize
 
 
@@ -53,9 +59,7 @@ class LinearDigits(BilevelProblem):
 
     def eval_metrics(self, phi, h, task) -> dict:
         """{"val_loss", "accuracy"} on the task's validation set."""
-        logits = linear_logits(phi, task["xv"])
-        return {"val_loss": cross_entropy(logits, task["yv"]).mean(),
-                "accuracy": accuracy(logits, task["yv"])}
+        return classification_metrics(linear_logits(phi, task["xv"]), task["yv"])
 
     def report(self, h, solver) -> dict:
         """Solve the inner problem for h with `solver`: validation loss, test loss and

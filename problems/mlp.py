@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from bilevel import BilevelError, BilevelProblem, checks
+from bilevel import BilevelProblem, InvalidInputError, checks
 from bilevel.blocks.models import init_mlp, mlp
 
 __all__ = ["MLPPrior", "init_mlp", "mlp"]
@@ -19,9 +19,9 @@ class MLPPrior(BilevelProblem):
 
     def set_prior(self, sizes, lam, learn_lam, dtype, device):
         self.sizes = tuple(sizes)
-        self.lam_value = checks.positive("lam", lam)
+        self.lam_init = checks.positive("lam", lam)
         if not isinstance(learn_lam, bool):
-            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+            raise InvalidInputError(f"learn_lam must be True or False, got {learn_lam!r}")
         self.learn_lam = learn_lam
         self.dtype, self.device = dtype, torch.device(device)
 
@@ -29,11 +29,11 @@ class MLPPrior(BilevelProblem):
         theta = init_mlp(self.sizes, generator, self.dtype, self.device)
         if not self.learn_lam:
             return {"theta": theta}
-        log_lam = torch.tensor(math.log(self.lam_value), dtype=self.dtype, device=self.device)
+        log_lam = torch.tensor(math.log(self.lam_init), dtype=self.dtype, device=self.device)
         return {"theta": theta, "log_lam": log_lam}
 
     def lam(self, h):
         """exp(h["log_lam"]) when lam is learned, the constructor's `lam` otherwise."""
         if self.learn_lam:
             return super().lam(h)
-        return torch.tensor(self.lam_value, dtype=self.dtype, device=self.device)
+        return torch.tensor(self.lam_init, dtype=self.dtype, device=self.device)

@@ -19,8 +19,9 @@ a scalar or one value per coordinate (Lam = diag(lam)):
 import math
 
 import torch
+from torch.func import vmap
 
-from bilevel import BilevelError, BilevelProblem, checks
+from bilevel import BilevelProblem, InvalidInputError, checks
 
 
 class Quadratic(BilevelProblem):
@@ -31,7 +32,7 @@ class Quadratic(BilevelProblem):
         self.dim = checks.integer("dim", dim, minimum=1)
         self.kappa = checks.positive("kappa", kappa)
         if self.kappa < 1:
-            raise BilevelError(f"kappa must be >= 1, got {kappa!r}")
+            raise InvalidInputError(f"kappa must be >= 1, got {kappa!r}")
         self.lam_init = checks.positive("lam", lam)
         self.n_tasks = checks.integer("n_tasks", n_tasks, minimum=1)
         self.dtype, self.device = dtype, torch.device(device)
@@ -41,10 +42,10 @@ class Quadratic(BilevelProblem):
             self.pool |= {"C": self._matrices(generator), "d": self._vectors(generator)}
         self.pool = {k: v.to(dtype=dtype, device=self.device) for k, v in self.pool.items()}
 
-    @property
-    def smoothness(self) -> float:
-        """Largest eigenvalue of A_i (and C_i): kappa."""
-        return self.kappa
+    def smoothness(self, h) -> float:
+        """Largest eigenvalue of the inner Hessian A_i + diag(lam) bound: kappa + max lam
+        (a safe GD step is 1 / smoothness)."""
+        return self.kappa + self._lam_vector(h).max().item()
 
     def _matrices(self, generator):
         spectrum = torch.logspace(0, math.log10(self.kappa), self.dim, dtype=torch.float64)
@@ -85,23 +86,27 @@ class Quadratic(BilevelProblem):
     def _val(task, key):
         return task[key] if key in task else task[{"C": "A", "d": "b"}[key]]
 
-    # Closed forms, batched over a batch of tasks -------------------------------------
+    # Closed forms ---------------------------------------------------------------------
 
     def _lam_vector(self, h):
         lam = self.lam(h)
         return lam["w"] if isinstance(lam, dict) else lam.expand(self.dim)
 
-    def solution(self, h, tasks, nu=0.0):
-        """phi*_nu for every task of the batch: shape (n, dim)."""
+    def solution(self, h, task, nu=0.0) -> dict:
+        """phi*_nu of one task, shaped like phi."""
         lam = self._lam_vector(h)
         theta = h["theta"]["w"]
-        matrix = tasks["A"] + nu * self._val(tasks, "C") + torch.diag(lam)
-        rhs = lam * theta - tasks["b"] - nu * self._val(tasks, "d")
-        return torch.linalg.solve(matrix, rhs)
+        matrix = task["A"] + nu * self._val(task, "C") + torch.diag(lam)
+        rhs = lam * theta - task["b"] - nu * self._val(task, "d")
+        return {"w": torch.linalg.solve(matrix, rhs)}
+
+    def solutions(self, h, tasks) -> torch.Tensor:
+        """phi*(h)["w"] of every task of the batch: shape (n, dim)."""
+        return vmap(self.solution, in_dims=(None, 0))(h, tasks)["w"]
 
     def outer_loss(self, h, tasks) -> torch.Tensor:
         """F(h) = mean_i val_loss(phi*_i), exact."""
-        phi = self.solution(h, tasks)
+        phi = self.solutions(h, tasks)
         curvature = torch.einsum("ni,nij,nj->n", phi, self._val(tasks, "C"), phi)
         return (0.5 * curvature + (self._val(tasks, "d") * phi).sum(-1)).mean()
 
@@ -109,7 +114,7 @@ class Quadratic(BilevelProblem):
         """The exact grad F(h), shaped like h (keys "theta" and "log_lam")."""
         lam = self._lam_vector(h)
         theta = h["theta"]["w"]
-        phi = self.solution(h, tasks)
+        phi = self.solutions(h, tasks)
         val_grad = torch.einsum("nij,nj->ni", self._val(tasks, "C"), phi) + self._val(tasks, "d")
         u = torch.linalg.solve(tasks["A"] + torch.diag(lam), val_grad)
         grad_log_lam = (lam * u * (theta - phi)).mean(0)

@@ -21,6 +21,7 @@ A single-task problem: `sample_tasks(n)` returns the one dataset repeated n time
 import math
 
 import torch
+from torch.func import vmap
 
 from bilevel import BilevelProblem, checks
 
@@ -72,26 +73,30 @@ class Ridge(BilevelProblem):
         """Largest eigenvalue of the inner Hessian A: a safe GD step is 1 / smoothness."""
         return torch.linalg.eigvalsh(self._hessian(h)).max().item()
 
-    # Closed forms, batched over a batch of tasks -------------------------------------
+    # Closed forms ---------------------------------------------------------------------
 
     def _hessian(self, h, x=None):
         x = self.data["x"] if x is None else x
         return x.mT @ x / x.shape[-2] + torch.diag(self.lam(h)["w"])
 
-    def solution(self, h, tasks) -> torch.Tensor:
-        """w*(h) of every task, shape (n, d)."""
-        rhs = torch.einsum("nsd,ns->nd", tasks["x"], tasks["y"]) / self.n_train
-        return torch.linalg.solve(self._hessian(h, tasks["x"]), rhs)
+    def solution(self, h, task) -> dict:
+        """w*(h) of one task, shaped like phi."""
+        rhs = task["x"].mT @ task["y"] / self.n_train
+        return {"w": torch.linalg.solve(self._hessian(h, task["x"]), rhs)}
+
+    def solutions(self, h, tasks) -> torch.Tensor:
+        """w*(h) of every task of the batch: shape (n, d)."""
+        return vmap(self.solution, in_dims=(None, 0))(h, tasks)["w"]
 
     def outer_loss(self, h, tasks) -> torch.Tensor:
         """F(h), exact."""
-        w = self.solution(h, tasks)
+        w = self.solutions(h, tasks)
         residual = torch.einsum("nsd,nd->ns", tasks["xv"], w) - tasks["yv"]
         return 0.5 * (residual**2).mean()
 
     def meta_gradient(self, h, tasks) -> dict:
         """The exact grad F(h), shaped like h, averaged over the tasks."""
-        w = self.solution(h, tasks)
+        w = self.solutions(h, tasks)
         residual = torch.einsum("nsd,nd->ns", tasks["xv"], w) - tasks["yv"]
         val_grad = torch.einsum("nsd,ns->nd", tasks["xv"], residual) / self.n_val
         u = torch.linalg.solve(self._hessian(h, tasks["x"]), val_grad)

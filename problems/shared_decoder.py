@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from bilevel import BilevelError, BilevelProblem, checks
+from bilevel import BilevelProblem, InvalidInputError, checks
 from problems.mlp import init_mlp, mlp
 
 INPUT = (-2.0, 2.0)
@@ -58,7 +58,7 @@ class SharedDecoder(BilevelProblem):
         self.spread = checks.positive("spread", spread)
         self.lam_init = checks.positive("lam", lam)
         if not isinstance(learn_lam, bool):
-            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+            raise InvalidInputError(f"learn_lam must be True or False, got {learn_lam!r}")
         self.learn_lam = learn_lam
         self.dtype, self.device = dtype, torch.device(device)
         generator = torch.Generator().manual_seed(checks.integer("seed", seed))

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from bilevel import BilevelError, checks
+from bilevel import InvalidInputError, checks
 from problems.mlp import MLPPrior, mlp
 
 AMPLITUDE, PHASE, INPUT = (0.1, 5.0), (0.0, math.pi), (-5.0, 5.0)
@@ -49,7 +49,7 @@ class Sinusoid(MLPPrior):
         self.activation = ACTIVATIONS[checks.one_of("activation", activation, tuple(ACTIVATIONS))]
         self.regularization = "proximal" if form == "bmaml" else "none"
         if not isinstance(learn_lam, bool):
-            raise BilevelError(f"learn_lam must be True or False, got {learn_lam!r}")
+            raise InvalidInputError(f"learn_lam must be True or False, got {learn_lam!r}")
         self.set_prior((1, *self.hidden, 1), lam, learn_lam and form == "bmaml", dtype, device)
 
     def sample_tasks(self, n, generator=None):

@@ -5,8 +5,9 @@ import torch
 
 import bilevel
 from bilevel.estimators.fobmaml import auto_nu
+from bilevel.tree import relative_error
 from problems.quadratic import Quadratic
-from tests.conftest import relative_error, seeded
+from tests.conftest import seeded
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -10,10 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = [
-    {"errors", "checks", "registry", "tree", "devices"},
+    {"errors", "checks", "registry", "tree", "devices", "info"},
     {"problem", "solvers", "regularizers", "inner", "blocks"},
-    {"estimators", "hypergradient", "gradcheck", "testing", "info"},
-    {"training"},
+    {"estimators", "hypergradient", "gradcheck"},
+    {"training", "testing"},
     {"config"},
     {"cli"},
 ]

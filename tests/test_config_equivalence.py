@@ -6,9 +6,10 @@ import torch
 
 import bilevel
 from bilevel.config import build, from_dict
+from bilevel.tree import relative_error
 from problems.logreg import LogReg
 from problems.sinusoid import Sinusoid
-from tests.conftest import relative_error, seeded
+from tests.conftest import seeded
 
 SOLVER = bilevel.solvers.GD(lr=0.02, steps=400)
 

@@ -72,6 +72,8 @@ def test_bad_problem_and_solver(setting):
                                                    "got dict"):
         bilevel.hypergradient({}, h, tasks, solver=SOLVER)
     with pytest.raises(bilevel.BilevelError, match="solver must be an inner solver"):
+        bilevel.hypergradient(problem, h, tasks, solver=42)
+    with pytest.raises(bilevel.BilevelError, match="solver: solver 'gd' needs option"):
         bilevel.hypergradient(problem, h, tasks, solver="gd")
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.tree import tree_map
+from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
-from tests.conftest import relative_error, seeded
+from tests.conftest import seeded
 from tests.toy_problems import SharedDecoderRegression, TinyMLPRegression
 
 CONVERGED = bilevel.solvers.GD(lr=2 / 13, steps=120)  # spectrum [2, 11]: contraction 9/13
@@ -35,7 +35,7 @@ def k_step_iterate(problem, h, tasks, lr, steps):
     theta = h["theta"]["w"]
     m, u = torch.linalg.eigh(tasks["A"] + torch.diag(lam))
     t = 1 - lr * m
-    phi_star = problem.solution(h, tasks)
+    phi_star = problem.solutions(h, tasks)
     gap = theta - phi_star
 
     def power(x):  # T^K x, batched

@@ -10,14 +10,14 @@ from torch.func import vmap
 from torch.utils._pytree import tree_leaves, tree_structure
 
 import bilevel
-from bilevel.tree import tree_map
+from bilevel.tree import relative_error, tree_map
 from problems.digits import Digits
 from problems.hypercleaning import HyperCleaning
 from problems.logreg import LogReg
 from problems.ridge import Ridge
 from problems.shared_decoder import SharedDecoder
 from problems.sinusoid import Sinusoid
-from tests.conftest import relative_error, seeded
+from tests.conftest import seeded
 
 F64 = torch.float64
 

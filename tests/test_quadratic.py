@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import bilevel
+from bilevel.tree import relative_error
 from problems.quadratic import Quadratic
-from tests.conftest import DEVICES, relative_error, seeded
+from tests.conftest import DEVICES, seeded
 
 CONVERGED = bilevel.solvers.GD(lr=1 / 11, steps=600)  # kappa=10, lam=1: contraction 10/11
 

@@ -29,7 +29,7 @@ def solve_all(problem, h, tasks, solver):
 def test_solvers_reach_the_closed_form_solution(device, solver):
     problem, h, tasks = problem_and_tasks(device)
     phi, stats = solve_all(problem, h, tasks, solver)
-    torch.testing.assert_close(phi["w"], problem.solution(h, tasks), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(phi["w"], problem.solutions(h, tasks), rtol=1e-10, atol=1e-10)
     assert phi["w"].device.type == device and phi["w"].dtype == torch.float64
     assert stats["grad_norm"].shape == (5,) and (stats["steps"] == solver.steps).all()
 
@@ -52,7 +52,7 @@ def test_tolerance_freezes_each_task_without_breaking_the_batch(name):
 def test_warm_start_from_a_solution_stays_there():
     problem, h, tasks = problem_and_tasks()
     task = {k: v[0] for k, v in tasks.items()}
-    exact = {"w": problem.solution(h, tasks)[0]}
+    exact = {"w": problem.solutions(h, tasks)[0]}
     phi, stats = bilevel.solve_inner(problem, h, task, bilevel.solvers.GD(lr=0.09, steps=3),
                                      init=exact)
     torch.testing.assert_close(phi["w"], exact["w"], rtol=1e-12, atol=1e-12)
@@ -76,3 +76,18 @@ def test_unknown_solver_lists_the_valid_ones():
     with pytest.raises(bilevel.BilevelError, match="unknown solver 'adam'; expected one of gd, "
                                                    "nesterov"):
         solvers.get("adam")
+
+
+def test_a_solver_given_by_spec_is_the_same_solver():
+    problem, h, tasks = problem_and_tasks()
+    spec = {"name": "nesterov", "lr": 1 / 11, "steps": 30}
+    by_spec, _ = bilevel.hypergradient(problem, h, tasks, solver=spec, method="fomaml")
+    by_object, _ = bilevel.hypergradient(problem, h, tasks, method="fomaml",
+                                         solver=bilevel.solvers.Nesterov(lr=1 / 11, steps=30))
+    torch.testing.assert_close(by_spec, by_object, rtol=0, atol=0)
+
+
+def test_with_steps_and_name():
+    solver = bilevel.solvers.Nesterov(lr=0.1, steps=5, momentum=0.5)
+    assert solver.with_steps(7) == bilevel.solvers.Nesterov(lr=0.1, steps=7, momentum=0.5)
+    assert solver.name == "nesterov" and solvers.name_of(bilevel.solvers.GD) == "gd"

@@ -79,7 +79,7 @@ def test_schedule_sets_the_learning_rate_of_each_step():
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
 
 
-@pytest.mark.parametrize("name", bilevel.optimizers.names())
+@pytest.mark.parametrize("name", bilevel.optimizers.optimizers.names())
 def test_every_registered_outer_optimizer_lowers_the_outer_loss(name):
     problem = Quadratic(dim=4, kappa=10.0, n_tasks=4, lam=10.0)
     tasks = problem.all_tasks()
@@ -244,3 +244,21 @@ def test_devices_and_dtypes():
     if not torch.cuda.is_available():
         with pytest.raises(bilevel.BilevelError, match="torch sees no CUDA device"):
             bilevel.resolve_device("cuda")
+
+
+def test_a_solver_spec_trains_as_the_solver_object(tmp_path):
+    spec = {"name": "gd", "lr": 0.05, "steps": 10}
+    by_spec = train(solver=spec, out=tmp_path / "spec")
+    by_object = train()
+    assert without_time(by_spec.history) == without_time(by_object.history)
+    settings = json.loads((tmp_path / "spec" / "settings.json").read_text())
+    assert settings["solver"] == spec | {"tol": None}
+
+
+def test_held_out_solves_are_counted():
+    result = train(eval_every=2, eval_tasks=5)
+    evaluated = [r for r in result.history if "eval_val_loss" in r]
+    assert [r["held_out_inner_grad_evals"] for r in evaluated] == [5 * 10, 5 * 10]
+    last = result.history[-1]
+    assert last["total_inner_grad_evals"] == last["inner_grad_evals_total"] + 2 * 5 * 10
+    assert result.summary["total_inner_grad_evals"] == last["total_inner_grad_evals"]

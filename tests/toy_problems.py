@@ -46,7 +46,7 @@ class SharedDecoderRegression(BilevelProblem):
     def val_loss(self, phi, h, task):
         return self._mse(phi, h, task["xq"], task["yq"])
 
-    def exact_solution(self, h, task):
+    def solution(self, h, task):
         """z* in closed form (the inner problem is a ridge regression in z)."""
         features = task["x"] @ h["decoder"]["D"]
         lam = h["log_lam"].exp()

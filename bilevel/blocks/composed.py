@@ -26,7 +26,7 @@ import torch
 
 from bilevel import checks
 from bilevel.blocks.losses import accuracy, losses
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
 
 LAM_SHAPES = ("fixed", "scalar", "per-tensor", "per-coordinate", "per-feature")
@@ -47,29 +47,29 @@ class ComposedProblem(BilevelProblem):
         self.classification = self.tasks.kind == "classification"
         if self.classification != (losses.get("cross-entropy") in (self.loss, self.val_loss_fn)):
             kind = self.tasks.kind
-            raise BilevelError(f"loss: a {kind} source needs "
-                               f"{'cross-entropy' if self.classification else 'mse'} losses, "
-                               f"got {loss!r} and {val_loss or loss!r}")
+            raise InvalidInputError(f"loss: a {kind} source needs "
+                                    f"{'cross-entropy' if self.classification else 'mse'} losses, "
+                                    f"got {loss!r} and {val_loss or loss!r}")
         self.regularization = checks.one_of("regularizer", regularizer, ("proximal", "l2", "none"))
         self.lam_value = checks.positive("lam", lam)
         self.learn_lam = checks.one_of("learn_lam", learn_lam, LAM_SHAPES)
         self.theta = checks.one_of("theta", theta, ("learned", "fixed"))
         if self.regularization == "proximal" and self.theta == "fixed":
-            raise BilevelError("regularizer: 'proximal' pulls phi towards theta, which needs "
-                               "theta: learned (or use regularizer: l2)")
+            raise InvalidInputError("regularizer: 'proximal' pulls phi towards theta, which needs "
+                                    "theta: learned (or use regularizer: l2)")
         if self.regularization == "none" and self.learn_lam != "fixed":
-            raise BilevelError("learn_lam: regularizer 'none' has no lam to learn; set "
-                               "learn_lam: fixed")
+            raise InvalidInputError("learn_lam: regularizer 'none' has no lam to learn; set "
+                                    "learn_lam: fixed")
         layers = model.layers(self.tasks.inputs, self.tasks.outputs)
         shared = []
         for index in shared_layers:
             if not isinstance(index, int) or not -len(layers) <= index < len(layers):
-                raise BilevelError(f"shared_layers: {index!r} is not a layer index of a model "
-                                   f"with {len(layers)} layers")
+                raise InvalidInputError(f"shared_layers: {index!r} is not a layer index of a model "
+                                        f"with {len(layers)} layers")
             shared += layers[index]
         if len(shared) == sum(len(names) for names in layers):
-            raise BilevelError("shared_layers: every layer is shared; at least one must be "
-                               "adapted per task")
+            raise InvalidInputError("shared_layers: every layer is shared; at least one must be "
+                                    "adapted per task")
         generator = torch.Generator().manual_seed(checks.integer("seed", seed))
         self.start = model.init(self.tasks.inputs, self.tasks.outputs, generator, dtype,
                                 self.device)

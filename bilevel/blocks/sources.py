@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bilevel import checks
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
 
 sources = Registry("task source", entry_points="bilevel.sources")
@@ -80,18 +80,18 @@ def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, dev
             features, target, kind, outputs)
     if shape == "few-shot":
         if kind != "classification":
-            raise BilevelError(f"split: kind few-shot needs classification targets ({where})")
+            raise InvalidInputError(f"split: kind few-shot needs classification targets ({where})")
         return FewShot(**_options(FewShot, split, where)).tasks(
             features, target, outputs)
-    raise BilevelError(f"split: kind must be 'holdout' or 'few-shot', got {shape!r} ({where})")
+    raise InvalidInputError(f"split: kind must be 'holdout' or 'few-shot', got {shape!r} ({where})")
 
 
 def _options(cls, options: dict, where: str) -> dict:
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise BilevelError(f"split: unknown option(s) {', '.join(unknown)} ({where}); valid "
-                           f"options are kind, {', '.join(sorted(valid))}")
+        raise InvalidInputError(f"split: unknown option(s) {', '.join(unknown)} ({where}); valid "
+                                f"options are kind, {', '.join(sorted(valid))}")
     return options
 
 
@@ -128,8 +128,8 @@ class Holdout:
         n_train = _count("split train", self.train, rows)
         n_val = _count("split val", self.val, rows)
         if n_train + n_val > rows:
-            raise BilevelError(f"split: train + val = {n_train + n_val} rows, but the table has "
-                               f"only {rows}")
+            raise InvalidInputError(f"split: train + val = {n_train + n_val} rows, but the "
+                                    f"table has only {rows}")
         generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
         order = torch.randperm(rows, generator=generator).to(x.device)
         train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
@@ -184,13 +184,13 @@ class FewShot:
 
     def _rows(self, x, y, classes, outputs, option):
         if len(classes) < self.ways or not set(classes) <= set(range(outputs)):
-            raise BilevelError(f"split {option}: need at least ways={self.ways} of the labels "
-                               f"0..{outputs - 1}, got {classes!r}")
+            raise InvalidInputError(f"split {option}: need at least ways={self.ways} of the labels "
+                                    f"0..{outputs - 1}, got {classes!r}")
         rows = [x[y == c] for c in classes]
         fewest = min(len(r) for r in rows)
         if fewest < self.shots + self.queries:
-            raise BilevelError(f"split: shots + queries = {self.shots + self.queries} rows per "
-                               f"class, but a class of {option} has only {fewest}")
+            raise InvalidInputError(f"split: shots + queries = {self.shots + self.queries} rows "
+                                    f"per class, but a class of {option} has only {fewest}")
         return rows
 
 
@@ -252,11 +252,11 @@ def _target_column(header: list[str], target, path) -> int:
     if isinstance(target, int) and not isinstance(target, bool):
         if -len(header) <= target < len(header):
             return target % len(header)
-        raise BilevelError(f"target: column {target} does not exist in {path}, which has "
-                           f"{len(header)} columns")
+        raise InvalidInputError(f"target: column {target} does not exist in {path}, which has "
+                                f"{len(header)} columns")
     if target not in header:
-        raise BilevelError(f"target: no column {target!r} in {path}; its columns are "
-                           f"{', '.join(header)}")
+        raise InvalidInputError(f"target: no column {target!r} in {path}; its columns are "
+                                f"{', '.join(header)}")
     return header.index(target)
 
 
@@ -280,18 +280,18 @@ class CsvFile:
             with path.open(newline="") as file:
                 rows = list(csv.reader(file, delimiter=self.delimiter))
         except OSError as error:
-            raise BilevelError(f"path: cannot read {path}: {error.strerror}") from None
+            raise InvalidInputError(f"path: cannot read {path}: {error.strerror}") from None
         if len(rows) < 2:
-            raise BilevelError(f"path: {path} needs a header row and at least one data row")
+            raise InvalidInputError(f"path: {path} needs a header row and at least one data row")
         header, body = rows[0], rows[1:]
         for number, row in enumerate(body, start=2):
             if len(row) != len(header):
-                raise BilevelError(f"path: {path} line {number} has {len(row)} values, but the "
-                                   f"header has {len(header)} columns")
+                raise InvalidInputError(f"path: {path} line {number} has {len(row)} values, but "
+                                        f"the header has {len(header)} columns")
         try:
             table = np.array(body, dtype=np.float64)
         except ValueError as error:
-            raise BilevelError(f"path: {path} holds a value that is not a number ({error})") \
+            raise InvalidInputError(f"path: {path} holds a value that is not a number ({error})") \
                 from None
         column = _target_column(header, self.target, path)
         x = np.delete(table, column, axis=1)
@@ -315,14 +315,15 @@ class NpzFile:
         try:
             arrays = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
-            raise BilevelError(f"path: cannot read {path} as .npz: {error}") from None
+            raise InvalidInputError(f"path: cannot read {path} as .npz: {error}") from None
         for option, key in (("x", self.x), ("y", self.y)):
             if key not in arrays:
-                raise BilevelError(f"{option}: {path} has no array {key!r}; it has "
-                                   f"{', '.join(arrays.files)}")
+                raise InvalidInputError(f"{option}: {path} has no array {key!r}; it has "
+                                        f"{', '.join(arrays.files)}")
         x, y = np.asarray(arrays[self.x], dtype=np.float64), np.asarray(arrays[self.y])
         if x.ndim != 2 or len(y) != len(x):
-            raise BilevelError(f"{path}: {self.x!r} must be (rows, features) and {self.y!r} have "
-                               f"one value per row; got shapes {x.shape} and {y.shape}")
+            raise InvalidInputError(f"path: in {path}, {self.x!r} must be (rows, features) and "
+                                    f"{self.y!r} have one value per row; got shapes {x.shape} "
+                                    f"and {y.shape}")
         return table_tasks(x, y.astype(np.float64), self.kind, self.split, dtype, device,
                            str(path))

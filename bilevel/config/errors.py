@@ -1,6 +1,6 @@
 """`ConfigError`: a mistake in a config, placed by file, key path and line."""
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 
 
 def dotted(path) -> str:
@@ -11,7 +11,7 @@ def dotted(path) -> str:
     return text
 
 
-class ConfigError(BilevelError):
+class ConfigError(InvalidInputError):
     """`file:line:column: key.path: message` (each part where known)."""
 
     def __init__(self, message: str, *, file: str | None = None, path=(), where=None):

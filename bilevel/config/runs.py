@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import keystr, tree_leaves, tree_leaves_with_path
+from torch.utils._pytree import keystr, tree_leaves_with_path
 
 from bilevel.config import yamlfile
 from bilevel.config.build import build
 from bilevel.config.load import Config
-from bilevel.errors import BilevelError
+from bilevel.errors import BilevelError, RunDirectoryError
 from bilevel.gradcheck import gradcheck
 from bilevel.hypergradient import hypergradient
+from bilevel.inner import at_inner_solutions
 from bilevel.training import meta_train
-from bilevel.training.metrics import evaluate
 from bilevel.training.rundir import write_atomically
 from bilevel.tree import ravel
 
@@ -64,16 +64,17 @@ def _record(directory: Path, resolved: dict, resume: bool) -> None:
     path = directory / CONFIG_FILE
     if resume:
         if not path.is_file():
-            raise BilevelError(f"--resume: {directory} holds no {CONFIG_FILE}; nothing to resume")
+            raise RunDirectoryError(f"--resume: {directory} holds no {CONFIG_FILE}; nothing to "
+                                    "resume")
         recorded, _ = yamlfile.read(path)
         changed = differences(recorded, resolved)
         if changed:
-            raise BilevelError(f"--resume: the config differs from the one recorded in {path} "
-                               f"at {'; '.join(changed)}; resume with the recorded config, or "
-                               "start a new run with another --out")
+            raise RunDirectoryError(f"--resume: the config differs from the one recorded in {path} "
+                                    f"at {'; '.join(changed)}; resume with the recorded config, or "
+                                    "start a new run with another --out")
     elif path.exists() or (directory / "settings.json").exists():
-        raise BilevelError(f"{directory} already holds a run; pass --resume to continue it, or "
-                           "choose another --out")
+        raise RunDirectoryError(f"{directory} already holds a run; pass --resume to continue it, "
+                                "or choose another --out")
     directory.mkdir(parents=True, exist_ok=True)
     write_atomically(path, yamlfile.dump(resolved))
 
@@ -98,9 +99,9 @@ def test_metrics(built, h) -> dict | None:
     tasks = getattr(built.problem, "test_tasks", lambda: None)()
     if tasks is None:
         return None
-    sums = evaluate(built.problem, h, tasks, built.solver)
-    count = tree_leaves(tasks)[0].shape[0]
-    return {f"test_{k.removeprefix('val_')}": v.item() / count for k, v in sums.items()}
+    metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
+                                 built.solver)
+    return {f"test_{k.removeprefix('val_')}": v.mean().item() for k, v in metrics.items()}
 
 
 def validate(config: Config) -> dict:

@@ -1,12 +1,16 @@
-"""What every hypergradient estimator shares: batching over tasks and the info dict.
+"""What every hypergradient estimator shares: batching over tasks and its `Info`.
 
 An estimator is a frozen dataclass of its options, registered by name, called as
-`estimator(problem, h, tasks, solver) -> (grad, info)`. Its per-task work is a
-function of (h, task), written for ONE task and batched here with `vmap`.
+`estimator(problem, h, tasks, solver) -> (grad, info)`: grad shaped like h, averaged
+over the tasks; info a `bilevel.info.Info` whose cost counts what the call spent
+(`bilevel.testing.EstimatorContract` checks it against a problem that counts its own
+derivative evaluations). Its per-task work is a function of (h, task), written for ONE
+task and batched here with `vmap`.
 """
 
 from torch.func import vmap
 
+from bilevel.info import LOSS_KEY, Cost, Info
 from bilevel.registry import Registry
 from bilevel.tree import tree_map
 
@@ -20,16 +24,11 @@ def average_over_tasks(task_gradient, h, tasks):
     return tree_map(lambda g: g.mean(0), grads), stats
 
 
-def solve_info(method: str, stats: dict, evals_per_task: int) -> dict:
-    """Diagnostics common to every estimator that runs the inner solver; `stats` holds one
-    entry per task: the solver's "grad_norm" and "steps", and "val_loss"."""
+def solve_info(method: str, stats: dict, cost: Cost, **extra) -> Info:
+    """The `Info` of an estimator that ran the inner solver. `stats` holds one entry per
+    task: the solver's "grad_norm" and "steps", and "val_loss"; `cost` is the cost of ONE
+    task (multiplied here by the number of tasks); `extra`: `Info.per_task`, `settings`."""
     n_tasks = stats["grad_norm"].shape[0]
-    return {
-        "method": method,
-        "n_tasks": n_tasks,
-        "inner_grad_evals": n_tasks * evals_per_task,
-        "inner_grad_norm": stats["grad_norm"],
-        "inner_steps": stats["steps"],
-        # val_loss at each task's inner solution: the outer loss F_i(h) the step estimates
-        "val_loss": stats["val_loss"],
-    }
+    return Info(method=method, n_tasks=n_tasks, cost=cost * n_tasks,
+                inner_grad_norm=stats["grad_norm"], inner_steps=stats["steps"],
+                val_loss=stats[LOSS_KEY], **extra)

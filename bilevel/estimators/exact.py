@@ -8,6 +8,8 @@ At phi* = argmin_phi g(phi, h), the implicit function theorem gives
 (eq. 7 generalised to every hyperparameter). H is formed densely with
 `torch.func.hessian` and the system solved directly, so the cost is cubic in the
 number of inner parameters. The result is exact up to the inner solve's error.
+Cost per task: the solve, then n_params Hessian-vector products (one per column of H)
+and one mixed product d_h d_phi g . v (`bilevel.info.Cost`).
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ import torch
 from torch.func import grad, grad_and_value, hessian
 
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 from bilevel.tree import ravel, tree_map
 
@@ -26,9 +29,12 @@ class Exact:
     """Implicit differentiation at the solver's inner solution, dense Hessian."""
 
     def __call__(self, problem, h, tasks, solver):
+        n_params = []  # read while vmap traces task_gradient
+
         def task_gradient(h, task):
             phi, stats = solve_inner(problem, h, task, solver)
             flat_phi, unravel = ravel(phi)
+            n_params.append(flat_phi.shape[0])
 
             def g(x, h):
                 return problem.inner_objective(unravel(x), h, task)
@@ -39,7 +45,11 @@ class Exact:
             (f_phi, f_h), val_loss = grad_and_value(f, argnums=(0, 1))(flat_phi, h)
             v = torch.linalg.solve(hessian(g)(flat_phi, h), f_phi)
             mixed = grad(lambda h: torch.dot(grad(g)(flat_phi, h), v))(h)
-            return tree_map(torch.sub, f_h, mixed), stats | {"val_loss": val_loss}
+            return tree_map(torch.sub, f_h, mixed), stats | {LOSS_KEY: val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
-        return grads, solve_info("exact", stats, solver.steps)
+        # The dense Hessian is n_params Hessian-vector products (torch.func.hessian pushes one
+        # tangent per coordinate of phi), the mixed term one d_h d_phi g product.
+        k, p = solver.steps, n_params[0]
+        cost = Cost(inner_grad_evals=k, grad_evals=k + p + 1, hvps=p, mixed_products=1)
+        return grads, solve_info("exact", stats, cost)

@@ -32,6 +32,7 @@ from torch.func import grad, vmap
 
 from bilevel import checks
 from bilevel.estimators.base import estimators, solve_info
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 from bilevel.tree import tree_leaves, tree_map
 
@@ -99,7 +100,7 @@ class FOBMAML:
             stencil_solver = solver
             inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
         else:
-            stencil_solver = dataclasses.replace(solver, steps=self.warm_start_steps)
+            stencil_solver = solver.with_steps(self.warm_start_steps)
             inits, _ = vmap(solve_inner, in_dims=(None, None, 0, None))(problem, h, tasks, solver)
         n = tree_leaves(inits)[0].shape[0]
         nus = torch.tensor(points, dtype=leaf.dtype, device=leaf.device).repeat(n) * nu
@@ -109,7 +110,7 @@ class FOBMAML:
                 return perturbed_objective(problem, phi, h, task, nu)
 
             phi, stats = stencil_solver.run(grad(objective), init)
-            stats = stats | {"val_loss": problem.val_loss(phi, h, task)}
+            stats = stats | {LOSS_KEY: problem.val_loss(phi, h, task)}
             return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
 
         def each_point(t):  # (n, ...) -> (n * m, ...), task-major
@@ -122,9 +123,11 @@ class FOBMAML:
         # Per task: the slowest stencil point's residual and steps; val_loss averaged over
         # the stencil, which estimates F_i(h) with the scheme's order (O(nu) forward).
         stats = {key: value.reshape(n, m).amax(1) for key, value in stats.items()} | {
-            "val_loss": stats["val_loss"].reshape(n, m).mean(1)}
+            LOSS_KEY: stats[LOSS_KEY].reshape(n, m).mean(1)}
+        # Per task: m stencil solves (and the warm start's solve), and psi at each point.
         evals = m * stencil_solver.steps + (0 if self.warm_start_steps is None else solver.steps)
-        info = solve_info("fo-bmaml", stats, evals) | {"nu": nu, "scheme": self.scheme}
-        return grads, info
+        cost = Cost(inner_grad_evals=evals, grad_evals=evals + m)
+        return grads, solve_info("fo-bmaml", stats, cost,
+                                 settings={"nu": nu, "scheme": self.scheme})
 
 

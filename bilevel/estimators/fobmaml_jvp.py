@@ -26,6 +26,7 @@ from torch.func import grad, jvp
 
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
 from bilevel.estimators.fobmaml import perturbed_objective
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import tree_leaves
 
 
@@ -47,12 +48,14 @@ class FOBMAMLJVP:
                     return grad(perturbed_objective, argnums=1)(problem, phi, h, task, nu)
 
                 phi, stats = solver.run(inner_gradient, init)
-                stats = stats | {"val_loss": problem.val_loss(phi, h, task)}
+                stats = stats | {LOSS_KEY: problem.val_loss(phi, h, task)}
                 return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
 
             _, d_psi, stats = jvp(psi, (zero,), (one,), has_aux=True)
             return d_psi, stats
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
-        info = solve_info("fo-bmaml-jvp", stats, solver.steps)
-        return grads, info | {"hvps": info["inner_grad_evals"]}
+        # Each step: a gradient and its tangent (an HVP); psi's tangent: one mixed product.
+        k = solver.steps
+        cost = Cost(inner_grad_evals=k, grad_evals=k + 1, hvps=k, mixed_products=1)
+        return grads, solve_info("fo-bmaml-jvp", stats, cost)

@@ -16,8 +16,9 @@ import dataclasses
 from torch.func import grad_and_value
 from torch.utils._pytree import tree_structure
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 from bilevel.regularizers import require_key
 from bilevel.tree import tree_map
@@ -25,7 +26,7 @@ from bilevel.tree import tree_map
 
 def check_theta_shaped_like_phi(theta, phi, method: str):
     if tree_structure(theta) != tree_structure(phi):
-        raise BilevelError(
+        raise InvalidInputError(
             f"{method} needs h['theta'] shaped like phi; got {tree_structure(theta)} "
             f"for phi {tree_structure(phi)}"
         )
@@ -44,7 +45,8 @@ class FOMAML:
             check_theta_shaped_like_phi(h["theta"], phi, "fomaml")
             (f_phi, f_h), val_loss = grad_and_value(problem.val_loss, argnums=(0, 1))(phi, h, task)
             theta = tree_map(lambda a, b: a + b, f_h["theta"], f_phi)
-            return f_h | {"theta": theta}, stats | {"val_loss": val_loss}
+            return f_h | {"theta": theta}, stats | {LOSS_KEY: val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
-        return grads, solve_info("fomaml", stats, solver.steps) | {"hvps": 0}
+        k = solver.steps
+        return grads, solve_info("fomaml", stats, Cost.solve(k))

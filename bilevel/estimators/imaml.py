@@ -19,6 +19,7 @@ from torch.func import grad, grad_and_value, jvp, vjp
 
 from bilevel import checks
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 from bilevel.tree import ravel, tree_map
 
@@ -91,12 +92,10 @@ class IMAML:
                                              self.tol)
             _, pull_back = vjp(lambda h: g_phi(flat_phi, h), h)
             (mixed,) = pull_back(v)
-            return tree_map(torch.sub, f_h, mixed), stats | cg_stats | {"val_loss": val_loss}
+            return tree_map(torch.sub, f_h, mixed), stats | cg_stats | {LOSS_KEY: val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
-        info = solve_info("imaml", stats, solver.steps)
-        return grads, info | {
-            "hvps": info["n_tasks"] * self.cg_steps,
-            "cg_steps": stats["cg_steps"],
-            "cg_residual": stats["cg_residual"],
-        }
+        k, c = solver.steps, self.cg_steps
+        cost = Cost(inner_grad_evals=k, grad_evals=k + c + 1, hvps=c, mixed_products=1)
+        per_task = {"cg_steps": stats["cg_steps"], "cg_residual": stats["cg_residual"]}
+        return grads, solve_info("imaml", stats, cost, per_task=per_task)

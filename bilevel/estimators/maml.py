@@ -16,6 +16,7 @@ import dataclasses
 from torch.func import grad_and_value
 
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 
 
@@ -31,9 +32,9 @@ class MAML:
                 return problem.val_loss(phi, h, task), stats
 
             grads, (val_loss, stats) = grad_and_value(k_step_objective, has_aux=True)(h)
-            return grads, stats | {"val_loss": val_loss}
+            return grads, stats | {LOSS_KEY: val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
-        info = solve_info("maml", stats, solver.steps)
         # The backward pass through each step's gradient is one Hessian-vector product.
-        return grads, info | {"hvps": info["inner_grad_evals"]}
+        k = solver.steps
+        return grads, solve_info("maml", stats, Cost(inner_grad_evals=k, grad_evals=k, hvps=k))

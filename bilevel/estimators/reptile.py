@@ -17,9 +17,10 @@ import numbers
 
 from torch.func import grad_and_value
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
 from bilevel.estimators.fomaml import check_theta_shaped_like_phi
+from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 from bilevel.regularizers import require_key
 from bilevel.tree import tree_map
@@ -34,7 +35,7 @@ class Reptile:
         require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
         lr = getattr(solver, "lr", None)
         if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
-            raise BilevelError(
+            raise InvalidInputError(
                 f"reptile needs a solver with a step size lr, since it divides by "
                 f"steps * lr; got {solver!r}"
             )
@@ -45,7 +46,8 @@ class Reptile:
             check_theta_shaped_like_phi(h["theta"], phi, "reptile")
             f_h, val_loss = grad_and_value(problem.val_loss, argnums=1)(phi, h, task)
             step = tree_map(lambda t, p: scale * (t - p), h["theta"], phi)
-            return f_h | {"theta": step}, stats | {"val_loss": val_loss}
+            return f_h | {"theta": step}, stats | {LOSS_KEY: val_loss}
 
         grads, stats = average_over_tasks(task_gradient, h, tasks)
-        return grads, solve_info("reptile", stats, solver.steps) | {"hvps": 0}
+        k = solver.steps
+        return grads, solve_info("reptile", stats, Cost.solve(k))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bilevel.errors import BilevelError
+from bilevel.errors import RunDirectoryError
 
 FILENAME = "checkpoint.pt"
 
@@ -57,8 +57,8 @@ def load(directory: Path) -> dict:
     """The checkpoint in `directory`, tensors on the CPU."""
     path = Path(directory) / FILENAME
     if not path.is_file():
-        raise BilevelError(f"resume=True, but {path} does not exist: no checkpoint to resume")
+        raise RunDirectoryError(f"resume=True, but {path} does not exist: no checkpoint to resume")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise BilevelError(f"{path} is not a readable checkpoint: {error}") from None
+        raise RunDirectoryError(f"{path} is not a readable checkpoint: {error}") from None

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.tree import ravel, tree_map
 
 
@@ -58,7 +58,7 @@ def shard(tasks, n: int, processes: Processes, argument: str):
     if processes.world_size == 1:
         return tasks, n
     if n < processes.world_size:
-        raise BilevelError(
+        raise InvalidInputError(
             f"{argument}={n} must be >= the number of processes ({processes.world_size})"
         )
     start = processes.rank * n // processes.world_size
@@ -87,7 +87,7 @@ def sum_over_processes(tree, processes: Processes):
 
 
 def combine(entries, n_local: int, n_total: int, processes: Processes) -> dict:
-    """Python numbers from (name, 0-dim tensor, op) entries (`metrics.info_scalars`):
+    """Python numbers from (name, 0-dim tensor, op) entries (`bilevel.info.Info.scalars`):
     all-reduced by op, then moved to the host in one transfer (the step's one sync)."""
     if not entries:
         return {}

@@ -1,61 +1,24 @@
-"""Pure functions behind the numbers a run logs: held-out evaluation and the scalars of
-one step's info, each tagged with how processes combine it (`bilevel.training.distributed`).
-
-Combination rules ("op"): "mean" is a per-task average (weighted by each process's
-number of tasks), "sum" a count (integers in info: gradient evaluations, tasks, ...),
-"max" a maximum, "same" a value every process already shares (floats in info are
-settings such as nu; the all-reduced hypergradient's norm).
-"""
+"""The pieces of a run that a caller other than `meta_train` can reuse (a `compare`
+layer, a notebook): its random streams, its held-out tasks, their evaluation with its
+cost. The numbers an estimator reports are `bilevel.info.Info`, which also states how
+every logged entry combines over processes."""
 
 import math
 
 import torch
-from torch.func import vmap
 
-from bilevel.inner import solve_inner
-
-# Every estimator reports the outer loss of its tasks, val_loss(phi_i, h, task_i) at the
-# inner solutions, in info under this key (one value per task); the trainer logs its mean
-# over the step's tasks as "loss".
-LOSS_KEY = "val_loss"
+from bilevel.info import Cost
+from bilevel.inner import at_inner_solutions
+from bilevel.training import distributed
 
 
-def evaluate(problem, h, tasks, solver) -> dict[str, torch.Tensor]:
-    """Sum over the tasks of `problem.eval_metrics(phi*_i(h), h, task_i)`, the inner
-    problems solved in one vmapped batch. Sums, so that processes holding different
-    numbers of tasks can add theirs before dividing by the total."""
-
-    def one_task(task):
-        phi, _ = solve_inner(problem, h, task, solver)
-        return problem.eval_metrics(phi, h, task)
-
-    return {name: value.sum(0) for name, value in vmap(one_task)(tasks).items()}
-
-
-def info_scalars(info: dict, device) -> list[tuple[str, torch.Tensor, str]]:
-    """(name, 0-dim float64 tensor, op) for the numeric entries of an estimator's info.
-
-    A per-task tensor gives "<name>_mean" and "<name>_max"; info[LOSS_KEY] gives "loss";
-    strings and other values are left out (they are settings, recorded once).
-    """
-    entries = []
-    for name, value in info.items():
-        if isinstance(value, torch.Tensor):
-            value = value.detach().to(torch.float64)
-            if name == LOSS_KEY:
-                entries.append(("loss", value.mean(), "mean"))
-            elif value.ndim == 0:
-                entries.append((name, value, "mean"))
-            else:
-                entries += [(f"{name}_mean", value.mean(), "mean"),
-                            (f"{name}_max", value.max(), "max")]
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int):
-            entries.append((name, torch.tensor(value, dtype=torch.float64, device=device), "sum"))
-        elif isinstance(value, float):
-            entries.append((name, torch.tensor(value, dtype=torch.float64, device=device), "same"))
-    return entries
+def held_out(problem, h, tasks, solver) -> dict[str, torch.Tensor]:
+    """The sum over the tasks of `problem.eval_metrics(phi*_i(h), h, task_i)`, the inner
+    problems solved in one vmapped batch (costing `Cost.solve(solver.steps)` per task).
+    Sums, so that processes holding different numbers of tasks can add theirs before
+    dividing by the total."""
+    metrics = at_inner_solutions(problem.eval_metrics, problem, h, tasks, solver)
+    return {name: value.sum(0) for name, value in metrics.items()}
 
 
 def non_finite(values: dict, names) -> str | None:
@@ -65,3 +28,29 @@ def non_finite(values: dict, names) -> str | None:
         if value is not None and not math.isfinite(value):
             return name
     return None
+
+
+def run_generator(seed: int, index: int) -> torch.Generator:
+    """Generator `index` of a run seeded with `seed` (0: init_hyper, 1: tasks, 2: held-out
+    tasks), seeded with the index-th draw of a generator seeded with `seed`: independent
+    streams."""
+    root = torch.Generator().manual_seed(seed)
+    seeds = torch.randint(2**62, (3,), generator=root)
+    return torch.Generator().manual_seed(int(seeds[index]))
+
+
+def held_out_tasks(problem, n: int, seed: int):
+    """The n held-out tasks of a run seeded with `seed`, drawn once for the whole run."""
+    return problem.sample_tasks(n, run_generator(seed, 2))
+
+
+def evaluate_held_out(problem, h, tasks, solver, n_total: int,
+                      processes: distributed.Processes | None = None) -> tuple[dict, Cost]:
+    """({"eval_<metric>": mean over the n_total held-out tasks}, the cost of their solves,
+    all processes together); `tasks`: this process's share of them."""
+    processes = processes or distributed.Processes()
+    sums = distributed.sum_over_processes(held_out(problem, h, tasks, solver), processes)
+    names = sorted(sums)
+    means = torch.stack([sums[k].to(torch.float64) for k in names]) / n_total
+    means = {f"eval_{k}": v for k, v in zip(names, means.tolist(), strict=True)}
+    return means, Cost.solve(solver.steps) * n_total

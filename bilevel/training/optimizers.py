@@ -12,14 +12,13 @@ up front; `.build(params)` returns the optimizer and the scheduler (or None).
 """
 
 import dataclasses
-import inspect
 import re
 
 import torch
 from torch.optim import lr_scheduler
 
 from bilevel import checks
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry, name_and_options
 
 optimizers = Registry("outer optimizer")
@@ -29,6 +28,12 @@ schedules = Registry("learning-rate schedule")
 def global_norm(tensors) -> torch.Tensor:
     """||g|| over every tensor together, as one vector."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def clip_coefficient(norm: torch.Tensor, max_norm: float, eps: float = 0.0) -> torch.Tensor:
+    """min(1, max_norm / (||g|| + eps)): the factor that clips g to norm max_norm (with
+    eps = 0, max_norm / 0 = inf is clamped to 1: a zero gradient stays a zero step)."""
+    return torch.clamp(max_norm / (norm + eps), max=1.0)
 
 
 class _NormScaledGD(torch.optim.Optimizer):
@@ -67,8 +72,7 @@ class ClippedGD(_NormScaledGD):
         super().__init__(params, {"lr": lr, "max_norm": max_norm})
 
     def scale(self, norm, group):
-        # max_norm / 0 = inf, clamped to 1: a zero gradient stays a zero step.
-        return torch.clamp(group["max_norm"] / norm, max=1.0)
+        return clip_coefficient(norm, group["max_norm"])
 
 
 @optimizers.register("normalized-gd")
@@ -109,25 +113,6 @@ for _name, _cls in sorted(vars(lr_scheduler).items()):
 del _name, _cls, _kebab
 
 
-def _check_options(registry: Registry, name: str, options: dict, argument: str) -> None:
-    """Options must be keyword arguments of the class, and every required one given."""
-    parameters = list(inspect.signature(registry.get(name)).parameters.values())[1:]
-    valid = {p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD
-             or p.kind is p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise BilevelError(
-            f"{argument}: unknown option(s) {', '.join(unknown)} for {registry.kind} {name!r}; "
-            f"valid options are {', '.join(sorted(valid)) or '(none)'}"
-        )
-    missing = [p.name for p in parameters if p.name in valid and p.default is p.empty
-               and p.name not in options]
-    if missing:
-        raise BilevelError(
-            f"{argument}: {registry.kind} {name!r} needs option(s) {', '.join(missing)}"
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """A learning-rate schedule: a registered name and its constructor options."""
@@ -138,7 +123,7 @@ class Schedule:
     @classmethod
     def parse(cls, spec, argument: str = "outer['schedule']") -> "Schedule":
         name, options = name_and_options(spec, argument)
-        _check_options(schedules, name, options, argument)
+        schedules.check_options(name, options, argument=argument, supplied=1)
         return cls(name, options)
 
 
@@ -159,7 +144,7 @@ class OuterOptimizer:
         schedule = options.pop("schedule", None)
         if schedule is not None:
             schedule = Schedule.parse(schedule, f"{argument}['schedule']")
-        _check_options(optimizers, name, options, argument)
+        optimizers.check_options(name, options, argument=argument, supplied=1)
         return cls(name, options, clip, schedule)
 
     def build(self, params):
@@ -167,13 +152,13 @@ class OuterOptimizer:
         try:
             optimizer = optimizers.get(self.name)(params, **self.options)
         except (TypeError, ValueError) as error:
-            raise BilevelError(f"outer optimizer {self.name!r}: {error}") from None
+            raise InvalidInputError(f"outer optimizer {self.name!r}: {error}") from None
         if self.schedule is None:
             return optimizer, None
         try:
             scheduler = schedules.get(self.schedule.name)(optimizer, **self.schedule.options)
         except (TypeError, ValueError, KeyError) as error:
-            raise BilevelError(f"schedule {self.schedule.name!r}: {error}") from None
+            raise InvalidInputError(f"schedule {self.schedule.name!r}: {error}") from None
         return optimizer, scheduler
 
     def as_dict(self) -> dict:
@@ -186,4 +171,4 @@ class OuterOptimizer:
         """min(1, clip / (||g|| + 1e-6)), torch's `clip_grad_norm_` rule; None without clip."""
         if self.clip is None:
             return None
-        return torch.clamp(self.clip / (norm + 1e-6), max=1.0)
+        return clip_coefficient(norm, self.clip, eps=1e-6)

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from bilevel.errors import BilevelError
+from bilevel.errors import RunDirectoryError
 
 # Settings that may change when a run is resumed: its length, how often it checkpoints, how
 # many processes run it and the torch version.
@@ -33,7 +33,7 @@ class RunDirectory:
         self.path = Path(path)
         settings = self.path / "settings.json"
         if not resume and settings.exists():
-            raise BilevelError(
+            raise RunDirectoryError(
                 f"out={str(self.path)!r} already holds a run ({settings.name}); pass "
                 "resume=True to continue it, or choose another directory"
             )
@@ -51,7 +51,7 @@ class RunDirectory:
             if changed:
                 listed = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
                                    for k in changed)
-                raise BilevelError(f"resume: settings differ from those recorded in {path}: "
+                raise RunDirectoryError(f"resume: settings differ from those recorded in {path}: "
                                    f"{listed}")
         write_atomically(path, json.dumps(settings, indent=2) + "\n")
 

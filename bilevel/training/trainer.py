@@ -24,17 +24,19 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel import checks
-from bilevel.errors import BilevelError, DivergenceError
+from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
-from bilevel.hypergradient import check_problem_and_solver, hypergradient
+from bilevel.hypergradient import check_problem, hypergradient
+from bilevel.info import LOSS_KEY
 from bilevel.registry import name_and_options
-from bilevel.solvers import solvers
+from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
-from bilevel.training.metrics import evaluate, info_scalars, non_finite
+from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_finite, run_generator
 from bilevel.training.optimizers import OuterOptimizer, global_norm
 from bilevel.training.rundir import RunDirectory
 
-# Quantities checked for NaN / Inf at every step, and how the error names them.
+# Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
+# error names them.
 WATCHED = {"loss": "the loss", "grad_norm": "the hypergradient's norm",
            "inner_grad_norm_mean": "an inner solution's gradient norm",
            "inner_grad_norm_max": "an inner solution's gradient norm"}
@@ -57,7 +59,8 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
                progress: bool = True) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() for `steps` outer steps.
 
-    solver: the inner solver; method: an estimator name or {"name": ..., **options};
+    solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
+    method: an estimator name or {"name": ..., **options};
     outer: an outer optimizer name or {"name": ..., **options, "clip": max norm,
         "schedule": {"name": ..., **options}} (`bilevel.training.optimizers`);
     eval_every, eval_tasks: evaluate on eval_tasks held-out tasks (drawn once) every
@@ -106,8 +109,8 @@ class _Run:
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
                  eval_tasks, seed, out, checkpoint_every, resume):
-        check_problem_and_solver(problem, solver)
-        self.problem, self.solver = problem, solver
+        check_problem(problem)
+        self.problem, self.solver = problem, as_solver(solver)
         self.method, self.method_options = _method(method)
         self.outer = OuterOptimizer.parse(outer)
         self.steps = checks.integer("steps", steps, minimum=1)
@@ -115,65 +118,70 @@ class _Run:
         self.eval_every = checks.integer("eval_every", eval_every)
         self.eval_tasks = checks.integer("eval_tasks", eval_tasks)
         if (self.eval_every == 0) != (self.eval_tasks == 0):
-            raise BilevelError(f"eval_every and eval_tasks must be both 0 (no evaluation) or "
-                               f"both >= 1, got eval_every={eval_every!r}, "
-                               f"eval_tasks={eval_tasks!r}")
+            raise InvalidInputError(f"eval_every and eval_tasks must be both 0 (no evaluation) "
+                                    f"or both >= 1, got eval_every={eval_every!r}, "
+                                    f"eval_tasks={eval_tasks!r}")
         self.seed = checks.integer("seed", seed)
         if checkpoint_every is not None:
             checks.integer("checkpoint_every", checkpoint_every, minimum=1)
         if out is None and (resume or checkpoint_every is not None):
-            raise BilevelError("resume and checkpoint_every need a run directory: pass out=DIR")
+            raise InvalidInputError(
+                "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
         self.files = None
-        self.step, self.history, self.evals_total, self.elapsed = 0, [], 0, 0.0
+        self.step, self.history, self.elapsed = 0, [], 0.0
+        # Inner gradient evaluations so far: of the hypergradients, of the held-out solves.
+        self.evals_total = self.held_out_evals_total = 0
         self.saved_step = None  # the step of the checkpoint on disk
 
     # Setting up -----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Set the run up, in this order: torch's global seed, h, the process group, the
+        held-out tasks, the task generator, h and state from a checkpoint (resume), the outer
+        optimizer, the run directory."""
         torch.manual_seed(self.seed)  # a resumed run restores the state saved instead
-        fresh_h = self.problem.init_hyper(self._generator(0))
-        leaves, self.spec = tree_flatten(fresh_h)
+        leaves, self.spec = tree_flatten(self.problem.init_hyper(run_generator(self.seed, 0)))
         self.device = leaves[0].device
         self.processes = distributed.start(self.device)
-        eval_batch = None
+        self.eval_shard = None
         if self.eval_tasks:
-            eval_batch = self.problem.sample_tasks(self.eval_tasks, self._generator(2))
-        self.eval_shard, self.eval_local = (
-            distributed.shard(eval_batch, self.eval_tasks, self.processes, "eval_tasks")
-            if eval_batch is not None else (None, 0))
-        self.generators = {"tasks": self._generator(1)}
+            batch = held_out_tasks(self.problem, self.eval_tasks, self.seed)
+            self.eval_shard, _ = distributed.shard(batch, self.eval_tasks, self.processes,
+                                                   "eval_tasks")
+        self.generators = {"tasks": run_generator(self.seed, 1)}
         saved = checkpoint.load(self.out) if self.resume else None
         if saved is not None:
             leaves = _matching_leaves(saved["h"], self.spec, leaves, self.out)
         self.params = [leaf.detach().clone().requires_grad_(True) for leaf in leaves]
         self.optimizer, self.scheduler = self.outer.build(self.params)
         if saved is not None:
-            self.optimizer.load_state_dict(saved["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(saved["scheduler"])
-            checkpoint.set_rng_states(self.generators, saved["rng"])
-            self.step, self.history = saved["step"], saved["history"]
-            self.evals_total, self.elapsed = saved["inner_grad_evals_total"], saved["time"]
-            self.saved_step = self.step
+            self._restore(saved)
         self.rng = checkpoint.rng_states(self.generators)
         self.clock = time.perf_counter()
         if self.out is not None and self.processes.is_main:
-            self.files = RunDirectory(self.out, resume=self.resume)
-            self.files.write_settings(self.settings(leaves[0].dtype), resume=self.resume)
-            self.files.restart_metrics(self.history)
+            self._open_run_directory(leaves[0].dtype)
 
-    def _generator(self, index: int) -> torch.Generator:
-        """Generator `index` of the run (0: init_hyper, 1: tasks, 2: held-out tasks), seeded
-        with the index-th draw of a generator seeded with `seed`: independent streams."""
-        root = torch.Generator().manual_seed(self.seed)
-        seeds = torch.randint(2**62, (3,), generator=root)
-        return torch.Generator().manual_seed(int(seeds[index]))
+    def _restore(self, saved: dict) -> None:
+        """The optimizer, scheduler, generators, step, history and totals of a checkpoint."""
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        checkpoint.set_rng_states(self.generators, saved["rng"])
+        self.step, self.history = saved["step"], saved["history"]
+        self.evals_total, self.elapsed = saved["inner_grad_evals_total"], saved["time"]
+        self.held_out_evals_total = saved.get("held_out_inner_grad_evals_total", 0)
+        self.saved_step = self.step
+
+    def _open_run_directory(self, dtype) -> None:
+        self.files = RunDirectory(self.out, resume=self.resume)
+        self.files.write_settings(self.settings(dtype), resume=self.resume)
+        self.files.restart_metrics(self.history)
 
     def settings(self, dtype) -> dict:
-        solver = {"name": _registered_name(self.solver)}
+        solver = {"name": solver_name(self.solver)}
         if dataclasses.is_dataclass(self.solver):
             solver |= dataclasses.asdict(self.solver)
         estimator = estimators.build(self.method, self.method_options, argument="method")
@@ -205,7 +213,7 @@ class _Run:
                                                          self.processes))[0]
         norm = global_norm(grads)
         entries = [("grad_norm", norm.detach().to(torch.float64), "same")]
-        entries += info_scalars(info, self.device)
+        entries += info.scalars(self.device)
         scalars = distributed.combine(entries, n_local, self.tasks_per_step, self.processes)
         self._check(t, scalars, WATCHED)
         with interrupts.deferred():
@@ -221,9 +229,12 @@ class _Run:
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
             if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
-                held_out = self._evaluate()
-                self._check(t, held_out, {k: f"the held-out {k[5:]}" for k in held_out})
-                record |= held_out
+                means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
+                                                self.solver, self.eval_tasks, self.processes)
+                self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
+                self.held_out_evals_total += cost.inner_grad_evals
+                record |= means | {"held_out_inner_grad_evals": cost.inner_grad_evals}
+            record["total_inner_grad_evals"] = self.evals_total + self.held_out_evals_total
             record |= {"time": self.elapsed + time.perf_counter() - self.clock} | scalars
             self.step = t
             self.history.append(record)
@@ -233,13 +244,6 @@ class _Run:
                 if t == self.steps or (self.checkpoint_every and t % self.checkpoint_every == 0):
                     self.save()
         return record
-
-    def _evaluate(self) -> dict:
-        sums = evaluate(self.problem, self.h(), self.eval_shard, self.solver)
-        sums = distributed.sum_over_processes(sums, self.processes)
-        names = sorted(sums)
-        means = (torch.stack([sums[k].to(torch.float64) for k in names]) / self.eval_tasks)
-        return {f"eval_{k}": v for k, v in zip(names, means.tolist(), strict=True)}
 
     def _check(self, t: int, values: dict, watched: dict) -> None:
         bad = non_finite(values, watched)
@@ -264,6 +268,7 @@ class _Run:
             "rng": self.rng,
             "history": self.history,
             "inner_grad_evals_total": self.evals_total,
+            "held_out_inner_grad_evals_total": self.held_out_evals_total,
             "time": self.elapsed + time.perf_counter() - self.clock,
         }
 
@@ -293,11 +298,14 @@ class _Run:
     def finish(self, status: str, message: str | None = None) -> MetaTrainResult:
         summary = {"status": status, "message": message, "steps_completed": self.step,
                    "seed": self.seed, "inner_grad_evals_total": self.evals_total,
+                   "held_out_inner_grad_evals_total": self.held_out_evals_total,
+                   "total_inner_grad_evals": self.evals_total + self.held_out_evals_total,
                    "last": self.history[-1] if self.history else None}
-        evaluated = [r for r in self.history if "eval_val_loss" in r]
+        key = f"eval_{LOSS_KEY}"
+        evaluated = [r for r in self.history if key in r]
         if evaluated:
-            best = min(evaluated, key=lambda r: r["eval_val_loss"])
-            summary["best_eval"] = {"step": best["step"], "eval_val_loss": best["eval_val_loss"]}
+            best = min(evaluated, key=lambda r: r[key])
+            summary["best_eval"] = {"step": best["step"], key: best[key]}
         if self.files is not None:
             self.files.finish(summary, self.history)
         h = tree_unflatten([p.detach().clone() for p in self.params], self.spec)
@@ -310,20 +318,13 @@ def _method(method) -> tuple[str, dict]:
     return name, options
 
 
-def _registered_name(solver) -> str:
-    for name in solvers.names():
-        if solvers.get(name) is type(solver):
-            return name
-    return type(solver).__qualname__
-
-
 def _matching_leaves(saved_h, spec, fresh, out) -> list:
     """The checkpoint's h leaves, checked against the structure of problem.init_hyper()."""
     leaves, saved_spec = tree_flatten(saved_h)
     shapes = [tuple(leaf.shape) for leaf in leaves]
     expected = [tuple(leaf.shape) for leaf in fresh]
     if saved_spec != spec or shapes != expected:
-        raise BilevelError(f"resume: the hyperparameters in {out} do not match the problem's "
+        raise RunDirectoryError(f"resume: the hyperparameters in {out} do not match the problem's "
                            f"(keys/shapes {saved_h!r:.200} vs init_hyper's)")
     return [leaf.to(device=f.device, dtype=f.dtype) for leaf, f in zip(leaves, fresh,
                                                                         strict=True)]
