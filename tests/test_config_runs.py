@@ -62,3 +62,24 @@ def test_few_shot_test_classes_report_mean_test_metrics(tmp_path, capsys):
                  "--set=problem.source.split.test_tasks=7"]) == 0
     test = json.loads((tmp_path / "test.json").read_text())
     assert 0 <= test["test_accuracy"] <= 1 and 0 < test["test_loss"] < 10
+
+
+def test_npz_file_source(tmp_path, capsys):
+    """A user's .npz of features and targets, few-shot split by class, as a config."""
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    np.savez(tmp_path / "iris.npz", features=data.data, labels=data.target)
+    (tmp_path / "iris.yaml").write_text(
+        "problem:\n"
+        "  source: {name: npz, path: iris.npz, x: features, y: labels,\n"
+        "           split: {kind: holdout, train: 60, val: 45}}\n"
+        "  model: linear\n  loss: cross-entropy\n  regularizer: l2\n  theta: fixed\n"
+        "solver: {name: gd, lr: 0.5, steps: 50}\nsteps: 2\ntasks_per_step: 1\n"
+        "progress: false\n")
+    assert main(["run", str(tmp_path / "iris.yaml"), "--out", str(tmp_path / "run")]) == 0
+    test = json.loads((tmp_path / "run" / "test.json").read_text())
+    assert test["test_accuracy"] > 0.8
+    assert main(["validate", str(tmp_path / "iris.yaml"), "--set=problem.source.x=X"]) == 2
+    assert "problem.source.x" in capsys.readouterr().err

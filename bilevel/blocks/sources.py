@@ -260,22 +260,32 @@ def _target_column(header: list[str], target, path) -> int:
     return header.index(target)
 
 
-@sources.register("csv")
 @dataclasses.dataclass(frozen=True)
-class CsvFile:
-    """A .csv file with a header row: one row per example, numeric columns; `target` names
-    the target column (or gives its index; default: the last), every other column is a
-    feature. `kind`: classification, regression, or auto (whole-number targets with at most
-    50 distinct values are classes). A relative `path` is relative to the config's folder."""
+class _TableFile:
+    """A user's file of examples: `read` gives (features, targets); `kind` says whether the
+    targets are classes (classification, regression, or auto: whole numbers with at most 50
+    distinct values are classes); a relative `path` is relative to the config's folder."""
 
     path: str
-    target: str | int = -1
     kind: str = "auto"
-    delimiter: str = ","
     split: dict = dataclasses.field(default_factory=dict)
 
     def load(self, dtype, device) -> Tasks:
-        path = Path(self.path)
+        x, y = self.read(Path(self.path))
+        return table_tasks(x, y, self.kind, self.split, dtype, device, self.path)
+
+
+@sources.register("csv")
+@dataclasses.dataclass(frozen=True)
+class CsvFile(_TableFile):
+    """A .csv file with a header row: one row per example, numeric columns; `target` names
+    the target column (or gives its index; default: the last), every other column is a
+    feature. `kind`, `split` and `path` as for every table source."""
+
+    target: str | int = -1
+    delimiter: str = ","
+
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             with path.open(newline="") as file:
                 rows = list(csv.reader(file, delimiter=self.delimiter))
@@ -294,24 +304,19 @@ class CsvFile:
             raise InvalidInputError(f"path: {path} holds a value that is not a number ({error})") \
                 from None
         column = _target_column(header, self.target, path)
-        x = np.delete(table, column, axis=1)
-        return table_tasks(x, table[:, column], self.kind, self.split, dtype, device, str(path))
+        return np.delete(table, column, axis=1), table[:, column]
 
 
 @sources.register("npz")
 @dataclasses.dataclass(frozen=True)
-class NpzFile:
+class NpzFile(_TableFile):
     """A NumPy .npz file holding features (array `x`, rows by features) and targets (array
-    `y`, one per row); `kind` and `split` as for csv."""
+    `y`, one per row). `kind`, `split` and `path` as for every table source."""
 
-    path: str
     x: str = "x"
     y: str = "y"
-    kind: str = "auto"
-    split: dict = dataclasses.field(default_factory=dict)
 
-    def load(self, dtype, device) -> Tasks:
-        path = Path(self.path)
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             arrays = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
@@ -325,5 +330,4 @@ class NpzFile:
             raise InvalidInputError(f"path: in {path}, {self.x!r} must be (rows, features) and "
                                     f"{self.y!r} have one value per row; got shapes {x.shape} "
                                     f"and {y.shape}")
-        return table_tasks(x, y.astype(np.float64), self.kind, self.split, dtype, device,
-                           str(path))
+        return x, y.astype(np.float64)
