@@ -21,7 +21,7 @@ from bilevel.gradcheck import gradcheck
 from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions
 from bilevel.training import meta_train
-from bilevel.training.rundir import write_atomically
+from bilevel.training.rundir import check_usable, write_atomically
 from bilevel.tree import ravel
 
 CONFIG_FILE = "config.yaml"
@@ -75,7 +75,13 @@ def _record(directory: Path, resolved: dict, resume: bool) -> None:
     elif path.exists() or (directory / "settings.json").exists():
         raise RunDirectoryError(f"{directory} already holds a run; pass --resume to continue it, "
                                 "or choose another --out")
-    directory.mkdir(parents=True, exist_ok=True)
+    else:
+        check_usable(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirectoryError(f"{directory}: cannot create the run directory "
+                                f"({error.strerror})") from None
     write_atomically(path, yamlfile.dump(resolved))
 
 

@@ -6,8 +6,14 @@
     loss.png        loss and hypergradient norm against the step
     eval.png        the held-out metrics against the step (runs that evaluate)
     checkpoint.pt   see `bilevel.training.checkpoint`
+
+A fresh run starts only in an empty directory, or one that holds nothing but files of the
+library (`OWN_FILES`, e.g. the config.yaml that `bilevel run` writes first), and never
+over another run; temporary files that a killed run left behind are removed at the next
+start.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +23,17 @@ from bilevel.errors import RunDirectoryError
 # Settings that may change when a run is resumed: its length, how often it checkpoints, how
 # many processes run it and the torch version.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "world_size", "torch"}
+# What the library writes in a run directory: this module, the checkpoint, and `bilevel run`
+# (config.yaml, the record of the run, and test.json); temporary files start with ".".
+OWN_FILES = {"settings.json", "metrics.jsonl", "summary.json", "loss.png", "eval.png",
+             "checkpoint.pt", "config.yaml", "test.json"}
+
+
+def settings_digest(settings: dict) -> str:
+    """A fingerprint of the settings that identify a run (all but RESUMABLE_CHANGES), kept
+    in its checkpoints so that a checkpoint of another run is refused."""
+    kept = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -37,23 +54,22 @@ class RunDirectory:
                 f"out={str(self.path)!r} already holds a run ({settings.name}); pass "
                 "resume=True to continue it, or choose another directory"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            check_usable(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirectoryError(f"out={str(self.path)!r}: cannot create the run directory "
+                                    f"({error.strerror})") from None
+        for stray in self.path.glob(".*.tmp"):  # left by a run killed while writing
+            stray.unlink(missing_ok=True)
         self._metrics = None
 
     def write_settings(self, settings: dict, *, resume: bool) -> None:
         """Record the settings; on resume, check that they match the recorded ones."""
-        path = self.path / "settings.json"
-        if resume and path.exists():
-            recorded = json.loads(path.read_text())
-            current = json.loads(json.dumps(settings))  # tuples become lists, as recorded
-            keys = (set(recorded) | set(current)) - RESUMABLE_CHANGES
-            changed = sorted(k for k in keys if recorded.get(k) != current.get(k))
-            if changed:
-                listed = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
-                                   for k in changed)
-                raise RunDirectoryError(f"resume: settings differ from those recorded in {path}: "
-                                   f"{listed}")
-        write_atomically(path, json.dumps(settings, indent=2) + "\n")
+        if resume:
+            check_settings(self.path, settings)
+        write_atomically(self.path / "settings.json", json.dumps(settings, indent=2) + "\n")
 
     def restart_metrics(self, history: list) -> None:
         """metrics.jsonl holds exactly `history`: records written after the checkpoint that
@@ -67,12 +83,46 @@ class RunDirectory:
         self._metrics.flush()
 
     def finish(self, summary: dict, history: list) -> None:
-        """Write summary.json and the plots; close metrics.jsonl."""
+        """Write summary.json and the plots; close metrics.jsonl and write it again from the
+        history (whole even if the file was deleted or cut during the run)."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        write_atomically(self.path / "metrics.jsonl",
+                         "".join(json.dumps(record) + "\n" for record in history))
         write_atomically(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot(self.path, history)
+
+
+def check_settings(directory: Path, settings: dict) -> None:
+    """The settings recorded in directory/settings.json (if any) are `settings`, but for
+    RESUMABLE_CHANGES; else a RunDirectoryError naming each difference."""
+    path = Path(directory) / "settings.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    current = json.loads(json.dumps(settings))  # tuples become lists, as recorded
+    keys = (set(recorded) | set(current)) - RESUMABLE_CHANGES
+    changed = sorted(k for k in keys if recorded.get(k) != current.get(k))
+    if changed:
+        listed = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise RunDirectoryError(f"resume: settings differ from those recorded in {path}: "
+                                f"{listed}")
+
+
+def check_usable(path: Path) -> None:
+    """A new run may use `path`: it does not exist yet, or is a directory that holds only
+    the library's own files."""
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"out={str(path)!r} is a file, not a directory")
+    if not path.exists():
+        return
+    foreign = sorted(f.name for f in path.iterdir()
+                     if f.name not in OWN_FILES and not f.name.startswith("."))
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise RunDirectoryError(f"out={str(path)!r} holds files that are not a run's ({listed}); "
+                                "choose an empty or new directory")
 
 
 def plot(directory: Path, history: list) -> None:

@@ -33,7 +33,7 @@ from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
 from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_finite, run_generator
 from bilevel.training.optimizers import OuterOptimizer, global_norm
-from bilevel.training.rundir import RunDirectory
+from bilevel.training.rundir import RunDirectory, check_settings, settings_digest
 
 # Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
 # error names them.
@@ -152,7 +152,8 @@ class _Run:
             self.eval_shard, _ = distributed.shard(batch, self.eval_tasks, self.processes,
                                                    "eval_tasks")
         self.generators = {"tasks": run_generator(self.seed, 1)}
-        saved = checkpoint.load(self.out) if self.resume else None
+        self.dtype = leaves[0].dtype
+        saved = self._checkpoint() if self.resume else None
         if saved is not None:
             leaves = _matching_leaves(saved["h"], self.spec, leaves, self.out)
         self.params = [leaf.detach().clone().requires_grad_(True) for leaf in leaves]
@@ -163,6 +164,24 @@ class _Run:
         self.clock = time.perf_counter()
         if self.out is not None and self.processes.is_main:
             self._open_run_directory(leaves[0].dtype)
+
+    def _checkpoint(self) -> dict | None:
+        """The checkpoint to resume from, checked to be this run's (its settings digest and
+        its step against its history); None for a run killed before its first checkpoint
+        (settings.json written, no checkpoint.pt), which starts again from step 0."""
+        if not (self.out / checkpoint.FILENAME).exists() and (self.out / "settings.json").exists():
+            return None
+        saved = checkpoint.load(self.out)
+        settings = self.settings(self.dtype)
+        check_settings(self.out, settings)  # names the keys that differ, where it can
+        if saved.get("settings_digest") != settings_digest(settings):
+            raise RunDirectoryError(f"resume: {self.out / checkpoint.FILENAME} is not a checkpoint "
+                                    "of this run (its settings differ, or it records none)")
+        history = saved.get("history", [])
+        if saved.get("step") != len(history) or (history and history[-1]["step"] != len(history)):
+            raise RunDirectoryError(f"resume: {self.out / checkpoint.FILENAME} is inconsistent: "
+                                    f"step {saved.get('step')!r} after {len(history)} logged steps")
+        return saved
 
     def _restore(self, saved: dict) -> None:
         """The optimizer, scheduler, generators, step, history and totals of a checkpoint."""
@@ -270,6 +289,7 @@ class _Run:
             "inner_grad_evals_total": self.evals_total,
             "held_out_inner_grad_evals_total": self.held_out_evals_total,
             "time": self.elapsed + time.perf_counter() - self.clock,
+            "settings_digest": settings_digest(self.settings(self.dtype)),
         }
 
     def save(self) -> None:
