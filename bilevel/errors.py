@@ -27,9 +27,9 @@ class RunDirectoryError(BilevelError):
 
 
 class DivergenceError(BilevelError):
-    """A run produced a NaN or Inf: `step` is the outer step, `quantity` what was not finite;
-    `note` says what was kept (e.g. the last good checkpoint)."""
+    """A run blew up: `step` is the outer step, `quantity` what blew up and `problem` how (not
+    finite, or grown past a bound); `note` says what was kept (the last good checkpoint)."""
 
-    def __init__(self, step: int, quantity: str, note: str = ""):
-        super().__init__(f"diverged at step {step}: {quantity} is not finite{note}")
+    def __init__(self, step: int, quantity: str, note: str = "", problem: str = "is not finite"):
+        super().__init__(f"diverged at step {step}: {quantity} {problem}{note}")
         self.step, self.quantity = step, quantity

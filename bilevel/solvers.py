@@ -37,6 +37,8 @@ class InnerSolver(abc.ABC):
         over tasks, differentiate through it (maml) or push a tangent through it
         (fo-bmaml-jvp)). stats holds 0-dim tensors:
             "grad_norm"  the norm of the last gradient evaluated
+            "grad_norm_start"  optional: the norm of the first one (convergence and
+                         divergence of the solve are judged by grad_norm / grad_norm_start)
             "steps"      the steps taken before reaching a tolerance (= steps without one)
     with_steps(k): a copy with `steps` = k and every other option unchanged (fo-bmaml's
         warm start runs its perturbed solves for a different number of steps).
@@ -97,16 +99,17 @@ class GD(InnerSolver):
         checks.optional_positive("tol", self.tol)
 
     def run(self, grad_fn, init):
-        phi, active, taken = init, None, 0
+        phi, active, taken, start = init, None, 0, None
         for _ in range(self.steps):
             grad = grad_fn(phi)
+            start = tree_sq_norm(grad).sqrt() if start is None else start
             new = tree_map(lambda p, g: p - self.lr * g, phi, grad)
             if self.tol is not None:
                 active = _still_active(active, grad, self.tol)
                 new = _where(active, new, phi)
                 taken = taken + active.long()
             phi = new
-        return phi, _stats(grad, taken if self.tol is not None else self.steps)
+        return phi, _stats(grad, taken if self.tol is not None else self.steps, start)
 
 
 @solvers.register("nesterov")
@@ -133,11 +136,12 @@ class Nesterov(InnerSolver):
 
     def run(self, grad_fn, init):
         phi = previous = init
-        active, taken = None, 0
+        active, taken, start = None, 0, None
         for k in range(self.steps):
             beta = self.momentum if self.momentum is not None else k / (k + 3)
             y = tree_map(lambda p, q, beta=beta: p + beta * (p - q), phi, previous)
             grad = grad_fn(y)
+            start = tree_sq_norm(grad).sqrt() if start is None else start
             new = tree_map(lambda p, g: p - self.lr * g, y, grad)
             if self.tol is not None:
                 # A frozen task rests at the point whose gradient met tol, with no momentum.
@@ -145,7 +149,7 @@ class Nesterov(InnerSolver):
                 new, phi = _where(active, new, y), _where(active, phi, y)
                 taken = taken + active.long()
             previous, phi = phi, new
-        return phi, _stats(grad, taken if self.tol is not None else self.steps)
+        return phi, _stats(grad, taken if self.tol is not None else self.steps, start)
 
 
 def _still_active(active, grad, tol):
@@ -153,6 +157,7 @@ def _still_active(active, grad, tol):
     return above if active is None else active & above
 
 
-def _stats(grad, steps):
+def _stats(grad, steps, start):
     norm = tree_sq_norm(grad).sqrt()
-    return {"grad_norm": norm, "steps": torch.as_tensor(steps, device=norm.device)}
+    return {"grad_norm": norm, "steps": torch.as_tensor(steps, device=norm.device),
+            "grad_norm_start": start}

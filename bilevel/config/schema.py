@@ -241,6 +241,9 @@ def run_config_model() -> type[BaseModel]:
         checkpoint_every=(int | None, Field(None, ge=1, description="also checkpoint every "
                                                                    "this many steps")),
         progress=(bool, Field(True, description="show a progress bar")),
+        divergence_factor=(float, Field(1e3, gt=1, description="stop when an inner solve's "
+                                        "gradient norm, or the loss, grows this many times "
+                                        "over its start (a finite blow-up)")),
     )
 
 

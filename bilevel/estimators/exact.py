@@ -28,6 +28,9 @@ from bilevel.tree import ravel, tree_map
 class Exact:
     """Implicit differentiation at the solver's inner solution, dense Hessian."""
 
+    # Its result is grad F(h) only at converged inner solutions (meta_train warns).
+    assumes_converged_inner = True
+
     def __call__(self, problem, h, tasks, solver):
         n_params = []  # read while vmap traces task_gradient
 

@@ -76,6 +76,9 @@ class FOBMAML:
         solution for this many steps, all with the same schedule.
     """
 
+    # Its result is grad F(h) only at converged inner solutions (meta_train warns).
+    assumes_converged_inner = True
+
     nu: float | str = "auto"
     scheme: str = "symmetric"
     warm_start_steps: int | None = None

@@ -35,6 +35,9 @@ from bilevel.tree import tree_leaves
 class FOBMAMLJVP:
     """d psi / d nu at nu = 0 for the K-step solver, by forward-mode differentiation."""
 
+    # Its result is grad F(h) only at converged inner solutions (meta_train warns).
+    assumes_converged_inner = True
+
     def __call__(self, problem, h, tasks, solver):
         leaf = tree_leaves(h)[0]
         zero = torch.zeros((), dtype=leaf.dtype, device=leaf.device)

@@ -68,6 +68,9 @@ class IMAML:
     tol: if set, a task's CG stops updating once its residual norm ||H v - b|| <= tol.
     """
 
+    # Its result is grad F(h) only at converged inner solutions (meta_train warns).
+    assumes_converged_inner = True
+
     cg_steps: int = 10
     tol: float | None = None
 

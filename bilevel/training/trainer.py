@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ class MetaTrainResult:
 def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
                tasks_per_step: int, eval_every: int = 0, eval_tasks: int = 0, seed: int = 0,
                out=None, checkpoint_every: int | None = None, resume: bool = False,
-               progress: bool = True) -> MetaTrainResult:
+               progress: bool = True, divergence_factor: float = 1e3) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() for `steps` outer steps.
 
     solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
@@ -68,14 +69,20 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
     seed: seeds the task, held-out and init generators and torch's global generator;
     out: run directory (settings.json, metrics.jsonl, summary.json, plots, checkpoint.pt);
     checkpoint_every: also checkpoint every this many steps (always at the end, with out);
-    resume: continue the run in `out` from its checkpoint, bit for bit on CPU.
+    resume: continue the run in `out` from its checkpoint, bit for bit on CPU;
+    divergence_factor: a blow-up that stays finite stops the run too: an inner solve whose
+        final gradient norm exceeds its first by this factor, or a loss this many times the
+        run's first (in absolute value).
 
     Raises DivergenceError when a loss, an inner gradient norm or the hypergradient is not
-    finite; KeyboardInterrupt (Ctrl-C) checkpoints the last completed step and re-raises.
+    finite, or grows past divergence_factor (the last good checkpoint is kept); warns once
+    when the inner solves are far from converged for an estimator that assumes they are;
+    KeyboardInterrupt (Ctrl-C) checkpoints the last completed step and re-raises.
     """
     run = _Run(problem, solver=solver, method=method, outer=outer, steps=steps,
                tasks_per_step=tasks_per_step, eval_every=eval_every, eval_tasks=eval_tasks,
-               seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume)
+               seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume,
+               divergence_factor=divergence_factor)
     interrupts = _Interrupts()
     bar = None
     try:
@@ -108,7 +115,7 @@ class _Run:
     generators, the history; and the files of the main process."""
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
-                 eval_tasks, seed, out, checkpoint_every, resume):
+                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor):
         check_problem(problem)
         self.problem, self.solver = problem, as_solver(solver)
         self.method, self.method_options = _method(method)
@@ -128,6 +135,8 @@ class _Run:
             raise InvalidInputError(
                 "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
+        self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
+        self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
         self.files = None
@@ -212,6 +221,7 @@ class _Run:
             "steps": self.steps, "tasks_per_step": self.tasks_per_step,
             "eval_every": self.eval_every, "eval_tasks": self.eval_tasks, "seed": self.seed,
             "checkpoint_every": self.checkpoint_every, "world_size": self.processes.world_size,
+            "divergence_factor": self.divergence_factor,
             "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
             "torch": torch.__version__,
         }
@@ -235,6 +245,8 @@ class _Run:
         entries += info.scalars(self.device)
         scalars = distributed.combine(entries, n_local, self.tasks_per_step, self.processes)
         self._check(t, scalars, WATCHED)
+        self._check_growth(t, scalars)
+        self._warn_if_unconverged(scalars)
         with interrupts.deferred():
             lr = self.optimizer.param_groups[0]["lr"]
             coefficient = self.outer.clip_coefficient(norm)
@@ -268,6 +280,34 @@ class _Run:
         bad = non_finite(values, watched)
         if bad is not None:
             raise DivergenceError(t, f"{watched[bad]} ({bad})", self._kept())
+
+    def _check_growth(self, t: int, values: dict) -> None:
+        """Blow-ups that stay finite (float64 can reach 1e+300): an inner solve whose gradient
+        norm grew past divergence_factor times its first, or a loss that did against the
+        run's first."""
+        ratio, factor = values.get("inner_grad_ratio_max"), self.divergence_factor
+        if ratio is not None and ratio > factor:
+            raise DivergenceError(t, "an inner solve", self._kept(), problem=(
+                f"blew up: its gradient norm grew {ratio:.3g}-fold over the solve (more than "
+                f"divergence_factor={factor:g}); lower the solver's lr"))
+        first, loss = (self.history[0]["loss"] if self.history else None), values.get("loss")
+        if first and loss is not None and abs(loss) > factor * abs(first):
+            raise DivergenceError(t, "the loss", self._kept(), problem=(
+                f"blew up: {loss:.3g} against {first:.3g} at step 1 (more than "
+                f"divergence_factor={factor:g} times); lower the outer lr"))
+
+    def _warn_if_unconverged(self, values: dict) -> None:
+        """Once per run: the estimator's result assumes converged inner solves (fo-bmaml,
+        fo-bmaml-jvp, imaml, exact), but the solves cut the gradient norm less than 10-fold."""
+        ratio = values.get("inner_grad_ratio_mean")
+        assumes = getattr(estimators.get(self.method), "assumes_converged_inner", False)
+        if self.warned_unconverged or not assumes or ratio is None or ratio <= 0.1:
+            return
+        self.warned_unconverged = True
+        warnings.warn(f"the inner solves are far from converged (final / first gradient norm "
+                      f"{ratio:.2g} on average), but {self.method!r} assumes converged inner "
+                      "solutions: its hypergradient is biased; give the solver more steps or a "
+                      "larger lr (metrics: inner_grad_ratio_mean)", stacklevel=4)
 
     def _kept(self) -> str:
         if self.out is None:
