@@ -15,6 +15,7 @@ LAYERS = [
     {"estimators", "hypergradient", "gradcheck", "testing", "info"},
     {"training"},
     {"config"},
+    {"compare"},
     {"cli"},
 ]
 

@@ -208,6 +208,8 @@ def _problem_kind(value) -> str | None:
 
 def run_config_model() -> type[BaseModel]:
     """The model of a whole run config, from the registries as they are now."""
+    from bilevel.config.search import Search  # it builds on Strict, defined here
+
     problem = Annotated[
         Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
                   Tag("registered-problem")]
@@ -241,6 +243,9 @@ def run_config_model() -> type[BaseModel]:
         checkpoint_every=(int | None, Field(None, ge=1, description="also checkpoint every "
                                                                    "this many steps")),
         progress=(bool, Field(True, description="show a progress bar")),
+        search=(Search | None, Field(None, description="what `bilevel compare` searches with "
+                                                      "Optuna, on what budget (`run` ignores "
+                                                      "it)")),
     )
 
 
