@@ -1,12 +1,12 @@
 """bilevel: bilevel hyperparameter and meta-parameter learning for PyTorch."""
 
 from bilevel import solvers
+from bilevel.config import load_config
 from bilevel.devices import resolve_device, resolve_dtype
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
-from bilevel.config import load_config
 from bilevel.inner import outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
 from bilevel.regularizers import regularizers
