@@ -14,7 +14,7 @@ import optuna
 
 from bilevel.compare.bilevel_side import run_bilevel
 from bilevel.compare.report import rows, write
-from bilevel.compare.space import fixed_values, leaves_under, merge, parameter_names
+from bilevel.compare.space import fixed_values, leaves_under, merge, parameter_names, split
 from bilevel.compare.study import run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
@@ -23,7 +23,7 @@ from bilevel.config.runs import CONFIG_FILE, differences, run_directory, test_me
 from bilevel.errors import BilevelError
 from bilevel.training import checkpoint
 from bilevel.training.rundir import write_atomically
-from bilevel.tree import tree_map
+from bilevel.tree import tree_leaves, tree_map
 
 SIDES = ("both", "bilevel", "optuna")
 
@@ -118,12 +118,11 @@ def _best_trial_test(config, built, search, study, directory: Path) -> dict | No
     h0 = built.problem.init_hyper()
     fixed = fixed_values(h0, search["space"], {n: best.params[n] for n in
                                                parameter_names(h0, search["space"])})
-    learned = {}
-    saved = directory / "trials" / str(best.number)
-    if (saved / checkpoint.FILENAME).is_file():
-        learned = checkpoint.load(saved)["h"]
-    elif len(fixed) < len(leaves_under({"h": h0}, "h")):
-        return None  # a hybrid trial run elsewhere: its learned leaves are not here
-    device = next(iter(fixed.values()), None)
-    learned = tree_map(lambda leaf: leaf.to(device.device), learned) if learned else {}
+    learned = split(h0, set(fixed))
+    if learned:  # a hybrid trial: its learned leaves are in its checkpoint, if run here
+        saved = directory / "trials" / str(best.number)
+        if not (saved / checkpoint.FILENAME).is_file():
+            return None
+        device = tree_leaves(h0)[0].device  # the checkpoint holds CPU tensors
+        learned = tree_map(lambda leaf: leaf.to(device), checkpoint.load(saved)["h"])
     return test_numbers(built, merge(learned, fixed))
