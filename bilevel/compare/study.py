@@ -4,6 +4,7 @@ does, and record what they cost; workers start trials until the study has spent 
 budget."""
 
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from bilevel.errors import BilevelError
 # A worker that dies leaves its trial RUNNING; with a heartbeat, the next worker marks it
 # failed once it has been silent for GRACE seconds (RDB storages).
 HEARTBEAT, GRACE = 5, 30
+OPEN_ATTEMPTS = 5
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
 
@@ -30,14 +32,20 @@ def storage(url: str | None, directory: Path):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4 and 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT,
-                                              grace_period=GRACE)
-    except Exception as error:  # SQLAlchemy's and drivers' errors have no common base
-        raise BilevelError(f"storage {url!r}: cannot open it as an Optuna storage "
-                           f"({type(error).__name__}: {error})") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4, 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT,
+                                                  grace_period=GRACE)
+        except Exception as error:  # SQLAlchemy's and drivers' errors have no common base
+            # Workers that open a new database at once race to create its tables (on
+            # PostgreSQL: "duplicate key value ... studydirection"); the loser retries.
+            racing = any(w in str(error).lower() for w in ("duplicate", "already exists"))
+            if attempt == OPEN_ATTEMPTS - 1 or not racing:
+                raise BilevelError(f"storage {url!r}: cannot open it as an Optuna storage "
+                                   f"({type(error).__name__}: {error})") from None
+            time.sleep(0.2 * (attempt + 1))
 
 
 def sampler(name: str, seed: int):
@@ -75,7 +83,7 @@ def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker
                                 pruner=pruner(search["pruner"]))
     seed = config.resolved["seed"] + 1000 * worker + len(study.trials)
     study.sampler = sampler(search["sampler"], seed)
-    objective = Trial(config, built, search, directory / "trials")
+    objective = Trial(config, built, search, directory / "trials", worker)
     unit, budget = _budget(search)
     while spent(study, unit) < budget:
         study.optimize(objective, n_trials=1, gc_after_trial=False)

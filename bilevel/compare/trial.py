@@ -1,7 +1,8 @@
 """One Optuna trial: set the searched config keys, fix the searched leaves of h, then
 meta-train the other leaves (the hybrid: intermediate validation losses reported, so a
 pruner may stop the trial) or, when none is left, solve and validate once. Each trial
-records what it cost (`bilevel.compare.cost`) as the user attributes "cost", "seconds"."""
+records what it cost (`bilevel.compare.cost`) as the user attributes "cost", "seconds",
+and which worker ran it as "worker"."""
 
 import dataclasses
 import math
@@ -57,8 +58,9 @@ def _copy(tree):
 class Trial:
     """The objective: validation loss (mean over the held-out tasks) of one trial."""
 
-    def __init__(self, config, built, search: dict, directory: Path):
+    def __init__(self, config, built, search: dict, directory: Path, worker: int = 0):
         self.config, self.built, self.search, self.directory = config, built, search, directory
+        self.worker = worker
 
     def configured(self, values: dict):
         """(config, built) with the searched config keys set to `values`."""
@@ -75,6 +77,7 @@ class Trial:
 
     def __call__(self, trial) -> float:
         start, spent = time.perf_counter(), [0.0]
+        trial.set_user_attr("worker", self.worker)
         try:
             config, built = self.configured({key: suggest(trial, key, spec)
                                              for key, spec in self.search["config"].items()})
