@@ -143,3 +143,13 @@ def test_cli_compare_errors_are_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("bilevel compare: error: ") and "search" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_seconds_budget_and_journal_storage(tmp_path):
+    search = {"budget": {"seconds": 1.0}}
+    record = compare(config(search=search), out=tmp_path,
+                     storage=f"journal:{tmp_path / 'journal.log'}")
+    assert (tmp_path / "journal.log").is_file() and not (tmp_path / "study.db").exists()
+    for row in record["table"]:
+        assert row["seconds"] <= 1.0
+    assert record["unit"] == "seconds"
