@@ -15,7 +15,7 @@ import optuna
 from bilevel.compare.bilevel_side import run_bilevel
 from bilevel.compare.report import rows, write
 from bilevel.compare.space import fixed_values, leaves_under, merge, parameter_names, split
-from bilevel.compare.study import run_optuna, study_curve
+from bilevel.compare.study import budget_of, run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import build
@@ -46,7 +46,7 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
     _record(directory, config.resolved | {"out": str(directory)})
     built = build(config)
     _check_space(config, built, search)
-    unit, budget = next((k, float(v)) for k, v in search["budget"].items() if v is not None)
+    unit, budget = budget_of(search)
     curves, tests = {}, {}
     if only in ("both", "bilevel"):
         curves["bilevel"], h = run_bilevel(built, config.resolved, directory / "bilevel",

@@ -84,13 +84,14 @@ def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker
     seed = config.resolved["seed"] + 1000 * worker + len(study.trials)
     study.sampler = sampler(search["sampler"], seed)
     objective = Trial(config, built, search, directory / "trials", worker)
-    unit, budget = _budget(search)
+    unit, budget = budget_of(search)
     while spent(study, unit) < budget:
         study.optimize(objective, n_trials=1, gc_after_trial=False)
     return study
 
 
-def _budget(search: dict) -> tuple[str, float]:
+def budget_of(search: dict) -> tuple[str, float]:
+    """(unit, amount) of search.budget: ("inner_grad_evals" or "seconds", a number)."""
     unit, amount = next((k, v) for k, v in search["budget"].items() if v is not None)
     return unit, float(amount)
 

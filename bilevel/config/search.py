@@ -44,14 +44,6 @@ class Budget(Strict):
                              f"seconds={self.seconds!r}")
         return self
 
-    @property
-    def unit(self) -> str:
-        return "seconds" if self.seconds is not None else "inner_grad_evals"
-
-    @property
-    def amount(self) -> float:
-        return self.seconds if self.seconds is not None else self.inner_grad_evals
-
 
 class Range(Strict):
     """A searched number: `low <= x <= high` on a linear or log scale."""
