@@ -60,7 +60,8 @@ def run_bilevel(built, resolved: dict, directory: Path, unit: str, budget: float
     steps = steps_for(built, resolved, unit, budget)
     torch.manual_seed(resolved["seed"])
     result = train(built, resolved, steps=steps, out=directory,
-                   resume=(directory / "checkpoint.pt").exists())
+                   resume=(directory / "checkpoint.pt").exists(),
+                   progress=resolved["progress"])
     _, tasks = evaluation(resolved)
     curve, _ = history_curve("bilevel", result.history, built, tasks)
     return curve.within(unit, budget), result.h

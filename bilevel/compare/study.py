@@ -4,6 +4,7 @@ does, and record what they cost; workers start trials until the study has spent 
 budget."""
 
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -85,9 +86,25 @@ def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker
     study.sampler = sampler(search["sampler"], seed)
     objective = Trial(config, built, search, directory / "trials", worker)
     unit, budget = budget_of(search)
-    while spent(study, unit) < budget:
+    bar = _progress_bar(config.resolved["progress"], budget, unit)
+    done = spent(study, unit)
+    while done < budget:
         study.optimize(objective, n_trials=1, gc_after_trial=False)
+        done, before = spent(study, unit), done
+        if bar is not None:
+            bar.update(min(done, budget) - min(before, budget))
+    if bar is not None:
+        bar.close()
     return study
+
+
+def _progress_bar(show: bool, budget: float, unit: str):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=budget, desc="optuna", unit=" " + unit.replace("_", " "),
+                file=sys.stderr, unit_scale=True)
 
 
 def budget_of(search: dict) -> tuple[str, float]:
