@@ -2,6 +2,7 @@
 every mistake in a config or an argument is one message on stderr and exit status 2.
 
     bilevel run CONFIG [--set key.path=value ...] [--out DIR] [--resume]
+    bilevel compare CONFIG [--set ...] [--out DIR] [--storage URL] [--only optuna|bilevel]
     bilevel validate CONFIG [--set ...]
     bilevel gradcheck CONFIG [--set ...] [--methods a,b] [--reference exact|closed-form]
     bilevel schema [--markdown]
@@ -55,6 +56,17 @@ def run(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    from bilevel.compare import compare as run_comparison  # Optuna loads only when used
+    from bilevel.compare.report import markdown
+
+    record = run_comparison(config.load_config(args.config, args.set), out=args.out,
+                            storage=args.storage, only=args.only, worker=args.worker)
+    print(f"{record['title']}, in {record['directory']}")
+    print(markdown(record["table"]), end="")
+    return 0
+
+
 def validate(args) -> int:
     report = config.validate(config.load_config(args.config, args.set))
     print(f"{args.config}: valid. {report['problem']} with "
@@ -92,6 +104,16 @@ def parser() -> argparse.ArgumentParser:
                          "runs/<config name>)")
     command.add_argument("--resume", action="store_true",
                          help="continue the run in the run directory from its checkpoint")
+    command = with_config("compare", "the bilevel method against Optuna on the config's "
+                                     "search block: same problem, same budget")
+    command.add_argument("--out", help="run directory (default: the config's out, else "
+                         "runs/<config name>)")
+    command.add_argument("--storage", help="an Optuna storage URL shared by workers (default: "
+                         "search.storage, else sqlite:///<run dir>/study.db)")
+    command.add_argument("--only", choices=["both", "bilevel", "optuna"], default="both",
+                         help="run one side (workers sharing a study: optuna)")
+    command.add_argument("--worker", type=int, default=0,
+                         help="this worker's index: offsets its sampler's seed")
     with_config("validate", "check a config without training: keys, types, files, and one "
                             "hypergradient")
     command = with_config("gradcheck", "every estimator against a reference on a config's "
@@ -107,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-COMMANDS = {"run": run, "validate": validate, "gradcheck": gradcheck, "schema": print_schema,
-            "list": list_units}
+COMMANDS = {"run": run, "compare": compare, "validate": validate, "gradcheck": gradcheck,
+            "schema": print_schema, "list": list_units}
 
 
 def main(argv=None) -> int:

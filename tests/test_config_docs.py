@@ -15,6 +15,7 @@ LAYERS = [
     {"estimators", "hypergradient", "gradcheck"},
     {"training", "testing"},
     {"config"},
+    {"compare"},
     {"cli"},
 ]
 

@@ -208,6 +208,8 @@ def _problem_kind(value) -> str | None:
 
 def run_config_model() -> type[BaseModel]:
     """The model of a whole run config, from the registries as they are now."""
+    from bilevel.config.search import Search  # it builds on Strict, defined here
+
     problem = Annotated[
         Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
                   Tag("registered-problem")]
@@ -244,6 +246,9 @@ def run_config_model() -> type[BaseModel]:
         divergence_factor=(float, Field(1e3, gt=1, description="stop when an inner solve's "
                                         "gradient norm, or the loss, grows this many times "
                                         "over its start (a finite blow-up)")),
+        search=(Search | None, Field(None, description="what `bilevel compare` searches with "
+                                                      "Optuna, on what budget (`run` ignores "
+                                                      "it)")),
     )
 
 

@@ -1,0 +1,69 @@
+"""What a comparison leaves in its run directory: compare.json (curves and table),
+compare.md (the table), compare.png (the curves)."""
+
+import json
+import math
+from pathlib import Path
+
+from bilevel.training.rundir import write_atomically
+
+COLUMNS = [("side", "side", "{}"), ("best_val_loss", "best val loss", "{:.4g}"),
+           ("test_loss", "test loss", "{:.4g}"), ("test_accuracy", "test acc", "{:.4f}"),
+           ("cost_to_1pct", "cost to 1%", "{:.4g}"), ("seconds_to_1pct", "s to 1%", "{:.3g}"),
+           ("cost", "cost", "{:.4g}"), ("seconds", "wall s", "{:.3g}")]
+
+
+def rows(curves: dict, tests: dict) -> list[dict]:
+    """One row per side: best validation loss, test metrics (where the problem has a test
+    set), cost and seconds to come within 1% of the best of both sides, and spent."""
+    finite = [c.best[-1] for c in curves.values() if c.best and math.isfinite(c.best[-1])]
+    best = min(finite, default=math.nan)
+    target = best + 0.01 * abs(best)
+    table = []
+    for name, curve in curves.items():
+        cost, seconds = curve.to_reach(target)
+        table.append({"side": name, "best_val_loss": curve.best[-1] if curve.best else None,
+                      **(tests.get(name) or {}), "cost_to_1pct": cost,
+                      "seconds_to_1pct": seconds,
+                      "cost": curve.cost[-1] if curve.cost else 0.0,
+                      "seconds": curve.seconds[-1] if curve.seconds else 0.0})
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for row in table:
+        cells = [("-" if row.get(key) is None else form.format(row[key]))
+                 for key, _, form in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(directory: Path, curves: dict, table: list[dict], meta: dict) -> None:
+    record = meta | {"table": table, "curves": {k: c.as_dict() for k, c in curves.items()}}
+    write_atomically(directory / "compare.json", json.dumps(record, indent=2) + "\n")
+    write_atomically(directory / "compare.md", markdown(table))
+    plot(directory / "compare.png", curves, meta.get("title", ""))
+
+
+def plot(path: Path, curves: dict, title: str) -> None:
+    """Best validation loss so far against cost (left) and wall seconds (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, curve in curves.items():
+        axes[0].step(curve.cost, curve.best, where="post", label=name)
+        axes[1].step(curve.seconds, curve.best, where="post", label=name)
+    axes[0].set_xlabel("inner gradient evaluations (+ HVPs)")
+    axes[1].set_xlabel("wall seconds")
+    for axis in axes:
+        axis.set_ylabel("best validation loss so far")
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,128 @@
+"""`compare(config)`: the bilevel method and an Optuna study on the same problem and the
+same budget, side by side, in one run directory:
+
+    <run dir>/config.yaml           the resolved config (a rerun with another is refused)
+    <run dir>/bilevel/              meta_train's run directory (the bilevel side)
+    <run dir>/study.db              the Optuna study (default storage; resumable)
+    <run dir>/trials/<n>/           hybrid trials' meta_train run directories
+    <run dir>/compare.{json,md,png} curves, table, figure
+"""
+
+from pathlib import Path
+
+import optuna
+
+from bilevel.compare.bilevel_side import run_bilevel
+from bilevel.compare.report import rows, write
+from bilevel.compare.space import fixed_values, leaves_under, merge, parameter_names, split
+from bilevel.compare.study import budget_of, run_optuna, study_curve
+from bilevel.compare.trial import Trial, suggest, with_values
+from bilevel.config import yamlfile
+from bilevel.config.build import build
+from bilevel.config.runs import CONFIG_FILE, differences, run_directory, test_metrics
+from bilevel.errors import BilevelError
+from bilevel.training import checkpoint
+from bilevel.training.rundir import write_atomically
+from bilevel.tree import tree_leaves, tree_map
+
+SIDES = ("both", "bilevel", "optuna")
+
+
+def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
+    """Run both sides of `config`'s `search` (or `only` one: workers sharing a study run
+    `only="optuna"`), then write the report; returns compare.json's record.
+
+    out: run directory (default as `bilevel run`'s); storage: an Optuna storage URL
+    (default: search.storage, else sqlite:///<run dir>/study.db); worker: this worker's
+    index, which offsets its sampler's seed.
+    """
+    search = config.resolved.get("search")
+    if search is None:
+        raise config.error("`bilevel compare` needs a `search` block (see docs/compare.md)",
+                           ("search",))
+    if only not in SIDES:
+        raise BilevelError(f"only must be one of {', '.join(SIDES)}, got {only!r}")
+    directory = run_directory(config, out)
+    _record(directory, config.resolved | {"out": str(directory)})
+    built = build(config)
+    _check_space(config, built, search)
+    unit, budget = budget_of(search)
+    curves, tests = {}, {}
+    if only in ("both", "bilevel"):
+        curves["bilevel"], h = run_bilevel(built, config.resolved, directory / "bilevel",
+                                           unit, budget)
+        tests["bilevel"] = test_numbers(built, h)
+    if only in ("both", "optuna"):
+        study = run_optuna(config, built, search, directory, worker=worker,
+                           url=storage or search["storage"])
+        curves[f"optuna-{search['sampler']}"] = study_curve(study, unit, budget)
+        tests[f"optuna-{search['sampler']}"] = _best_trial_test(config, built, search,
+                                                                study, directory)
+    table = rows(curves, tests)
+    record = {"title": f"{config.file.stem if config.file else 'config'}: "
+                       f"{budget:g} {unit}", "unit": unit, "budget": budget}
+    write(directory, curves, table, record)
+    return record | {"table": table, "directory": str(directory)}
+
+
+def _record(directory: Path, resolved: dict) -> None:
+    path = directory / CONFIG_FILE
+    if path.is_file():
+        recorded, _ = yamlfile.read(path)
+        changed = differences(recorded, resolved)
+        if changed:
+            raise BilevelError(f"{directory} holds a comparison of another config "
+                               f"({'; '.join(changed)}); choose another --out")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, yamlfile.dump(resolved))
+
+
+def _check_space(config, built, search: dict) -> None:
+    """Every path of search.space names leaves of h; every value of search.config is valid."""
+    h = built.problem.init_hyper()
+    for key in search["space"]:
+        try:
+            leaves_under(h, key)
+        except BilevelError as error:
+            raise config.error(str(error), ("search", "space", key)) from None
+    for key, spec in search["config"].items():
+        for value in spec.get("choices") or (spec["low"], spec["high"]):
+            try:
+                with_values(config, {key: value})
+            except BilevelError as error:
+                raise config.error(f"the value {value!r} gives an invalid config: {error}",
+                                   ("search", "config", key)) from None
+
+
+def test_numbers(built, h: dict) -> dict | None:
+    """Test loss and accuracy at h, where the problem has a test set: a composed holdout
+    problem's `test_tasks`, or a problem's own `report(h, solver)`."""
+    numbers = test_metrics(built, h)
+    if numbers is None and hasattr(built.problem, "report"):
+        numbers = built.problem.report(h, built.solver)
+    if numbers is None:
+        return None
+    return {k: numbers[k] for k in ("test_loss", "test_accuracy") if k in numbers}
+
+
+def _best_trial_test(config, built, search, study, directory: Path) -> dict | None:
+    """Test numbers of the study's best trial (its h rebuilt from its parameters, and
+    for a hybrid trial its learned leaves from the trial's checkpoint, where present)."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no completed trial
+        return None
+    trial = optuna.trial.FixedTrial(best.params)
+    _, built = Trial(config, built, search, directory).configured(
+        {k: suggest(trial, k, spec) for k, spec in search["config"].items()})
+    h0 = built.problem.init_hyper()
+    fixed = fixed_values(h0, search["space"], {n: best.params[n] for n in
+                                               parameter_names(h0, search["space"])})
+    learned = split(h0, set(fixed))
+    if learned:  # a hybrid trial: its learned leaves are in its checkpoint, if run here
+        saved = directory / "trials" / str(best.number)
+        if not (saved / checkpoint.FILENAME).is_file():
+            return None
+        device = tree_leaves(h0)[0].device  # the checkpoint holds CPU tensors
+        learned = tree_map(lambda leaf: leaf.to(device), checkpoint.load(saved)["h"])
+    return test_numbers(built, merge(learned, fixed))

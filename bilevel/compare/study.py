@@ -1,0 +1,127 @@
+"""The Optuna side: a study (in any Optuna storage, shared by any number of workers) whose
+trials each fix the searched hyperparameters, solve and validate as the bilevel side
+does, and record what they cost; workers start trials until the study has spent the
+budget."""
+
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+
+from bilevel.compare.curves import Curve
+from bilevel.compare.trial import Trial
+from bilevel.errors import BilevelError
+
+# A worker that dies leaves its trial RUNNING; with a heartbeat, the next worker marks it
+# failed once it has been silent for GRACE seconds (RDB storages).
+HEARTBEAT, GRACE = 5, 30
+OPEN_ATTEMPTS = 5
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL)
+
+
+def storage(url: str | None, directory: Path):
+    """An Optuna storage: the URL's (SQLAlchemy: sqlite:///, postgresql://, mysql://; or
+    journal:PATH, a journal file), by default sqlite:///<directory>/study.db."""
+    if url is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{directory.resolve() / 'study.db'}"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4, 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT,
+                                                  grace_period=GRACE)
+        except Exception as error:  # SQLAlchemy's and drivers' errors have no common base
+            # Workers that open a new database at once race to create its tables (on
+            # PostgreSQL: "duplicate key value ... studydirection"); the loser retries.
+            racing = any(w in str(error).lower() for w in ("duplicate", "already exists"))
+            if attempt == OPEN_ATTEMPTS - 1 or not racing:
+                raise BilevelError(f"storage {url!r}: cannot open it as an Optuna storage "
+                                   f"({type(error).__name__}: {error})") from None
+            time.sleep(0.2 * (attempt + 1))
+
+
+def sampler(name: str, seed: int):
+    """Optuna's sampler by name: tpe, random, cmaes, gp."""
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it at its first trial)
+        except ImportError:
+            raise BilevelError("search.sampler: cmaes needs the cmaes package "
+                               "(pip install cmaes)") from None
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}
+    return samplers[name](seed=seed)
+
+
+def pruner(name: str):
+    """none, median (MedianPruner) or hyperband (HyperbandPruner)."""
+    return {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+            "hyperband": optuna.pruners.HyperbandPruner}[name]()
+
+
+def spent(study, unit: str) -> float:
+    """The budget that the study's finished trials have spent."""
+    key = "seconds" if unit == "seconds" else "cost"
+    return sum(t.user_attrs.get(key, 0.0) for t in study.get_trials(deepcopy=False,
+                                                                      states=FINISHED))
+
+
+def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker=0,
+               name="compare"):
+    """Run trials until the study has spent the budget; returns the study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage(url, directory),
+                                direction="minimize", load_if_exists=True,
+                                pruner=pruner(search["pruner"]))
+    seed = config.resolved["seed"] + 1000 * worker + len(study.trials)
+    study.sampler = sampler(search["sampler"], seed)
+    objective = Trial(config, built, search, directory / "trials", worker)
+    unit, budget = budget_of(search)
+    bar = _progress_bar(config.resolved["progress"], budget, unit)
+    done = spent(study, unit)
+    while done < budget:
+        study.optimize(objective, n_trials=1, gc_after_trial=False)
+        done, before = spent(study, unit), done
+        if bar is not None:
+            bar.update(min(done, budget) - min(before, budget))
+    if bar is not None:
+        bar.close()
+    return study
+
+
+def _progress_bar(show: bool, budget: float, unit: str):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=budget, desc="optuna", unit=" " + unit.replace("_", " "),
+                file=sys.stderr, unit_scale=True)
+
+
+def budget_of(search: dict) -> tuple[str, float]:
+    """(unit, amount) of search.budget: ("inner_grad_evals" or "seconds", a number)."""
+    unit, amount = next((k, v) for k, v in search["budget"].items() if v is not None)
+    return unit, float(amount)
+
+
+def study_curve(study, unit: str, budget: float) -> Curve:
+    """Trials in the order they finished: cumulative cost and seconds, best value so far;
+    a pruned or failed trial adds its cost and no value."""
+    curve = Curve("optuna")
+    cost = seconds = 0.0
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    for trial in sorted(trials, key=lambda t: t.datetime_complete):
+        cost += trial.user_attrs.get("cost", 0.0)
+        seconds += trial.user_attrs.get("seconds", 0.0)
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        curve.add(cost, seconds, trial.value if complete else math.inf)
+    return curve.within(unit, budget)

@@ -1,0 +1,117 @@
+"""One Optuna trial: set the searched config keys, fix the searched leaves of h, then
+meta-train the other leaves (the hybrid: intermediate validation losses reported, so a
+pruner may stop the trial) or, when none is left, solve and validate once. Each trial
+records what it cost (`bilevel.compare.cost`) as the user attributes "cost", "seconds",
+and which worker ran it as "worker"."""
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from bilevel.compare.bilevel_side import evaluation, held_out_tasks, history_curve, train
+from bilevel.compare.cost import solve_cost
+from bilevel.compare.space import PartlyFixed, fixed_values, merge, parameter_names
+from bilevel.config.build import build
+from bilevel.config.load import from_dict
+from bilevel.errors import DivergenceError
+from bilevel.training.metrics import evaluate
+
+
+def suggest(trial, name: str, spec: dict):
+    """The trial's value for one searched key: a Range (float or int, linear or log) or
+    Choices (any YAML values; Optuna stores them by index when they are not scalars)."""
+    if "choices" in spec:
+        choices = spec["choices"]
+        if all(isinstance(c, str | int | float | bool) or c is None for c in choices):
+            return trial.suggest_categorical(name, choices)
+        return choices[trial.suggest_categorical(name, list(range(len(choices))))]
+    low, high, log = spec["low"], spec["high"], spec["scale"] == "log"
+    if spec["type"] == "int":
+        return trial.suggest_int(name, math.ceil(low), math.floor(high), log=log)
+    return trial.suggest_float(name, low, high, log=log)
+
+
+def with_values(config, values: dict):
+    """`config` with each dotted key path set to its value, validated again."""
+    data = _copy(config.resolved)
+    for key, value in values.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {"name": node[part]} if isinstance(node.get(part), str) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return from_dict(data, file=config.file)
+
+
+def _copy(tree):
+    if isinstance(tree, dict):
+        return {k: _copy(v) for k, v in tree.items()}
+    return list(map(_copy, tree)) if isinstance(tree, list) else tree
+
+
+class Trial:
+    """The objective: validation loss (mean over the held-out tasks) of one trial."""
+
+    def __init__(self, config, built, search: dict, directory: Path, worker: int = 0):
+        self.config, self.built, self.search, self.directory = config, built, search, directory
+        self.worker = worker
+
+    def configured(self, values: dict):
+        """(config, built) with the searched config keys set to `values`."""
+        if not values:
+            return self.config, self.built
+        config = with_values(self.config, values)
+        return config, build(config)
+
+    def fixed(self, trial, built) -> dict:
+        h0 = built.problem.init_hyper(torch.Generator().manual_seed(0))  # for shapes
+        names = parameter_names(h0, self.search["space"])
+        return fixed_values(h0, self.search["space"],
+                            {name: suggest(trial, name, spec) for name, spec in names.items()})
+
+    def __call__(self, trial) -> float:
+        start, spent = time.perf_counter(), [0.0]
+        trial.set_user_attr("worker", self.worker)
+        try:
+            config, built = self.configured({key: suggest(trial, key, spec)
+                                             for key, spec in self.search["config"].items()})
+            problem = PartlyFixed(built.problem, self.fixed(trial, built))
+            if problem.init_hyper(torch.Generator().manual_seed(0)):
+                return self.meta_train(trial, config.resolved,
+                                       dataclasses.replace(built, problem=problem), spent)
+            return self.validate(config.resolved, built, merge({}, problem.fixed), spent)
+        except DivergenceError:
+            return math.nan  # Optuna records the trial as failed; its cost still counts
+        finally:
+            trial.set_user_attr("cost", spent[0])
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+
+    def validate(self, resolved: dict, built, h: dict, spent: list) -> float:
+        _, n = evaluation(resolved)
+        sums = evaluate(built.problem, h, held_out_tasks(built.problem, resolved["seed"], n),
+                        built.solver)
+        spent[0] += solve_cost(built.solver, n)
+        return sums["val_loss"].item() / n
+
+    def meta_train(self, trial, resolved: dict, built, spent: list) -> float:
+        """Meta-train the learned leaves in chunks of `eval.every` steps (resumed from the
+        trial's own run directory), reporting each validation to the pruner."""
+        every, n = evaluation(resolved)
+        steps, done, value = resolved["steps"], [], math.nan
+        for stop in [*range(every, resolved["steps"], every), steps]:
+            result = train(built, resolved, steps=stop, out=self.directory / str(trial.number),
+                           resume=bool(done))
+            _, spent[0] = history_curve("trial", result.history[len(done):], built, n,
+                                        start=(spent[0], 0.0))
+            done = result.history
+            value = done[-1]["eval_val_loss"]
+            trial.report(value, stop)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
