@@ -65,11 +65,3 @@ def run_bilevel(built, resolved: dict, directory: Path, unit: str, budget: float
     _, tasks = evaluation(resolved)
     curve, _ = history_curve("bilevel", result.history, built, tasks)
     return curve.within(unit, budget), result.h
-
-
-def held_out_tasks(problem, seed: int, n: int):
-    """The held-out tasks that `meta_train(seed=seed, eval_tasks=n)` validates on: drawn
-    from its generator 2 (the index-2 draw of a generator seeded with `seed`)."""
-    root = torch.Generator().manual_seed(seed)
-    seeds = torch.randint(2**62, (3,), generator=root)
-    return problem.sample_tasks(n, torch.Generator().manual_seed(int(seeds[2])))

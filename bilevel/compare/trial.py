@@ -12,13 +12,13 @@ from pathlib import Path
 import optuna
 import torch
 
-from bilevel.compare.bilevel_side import evaluation, held_out_tasks, history_curve, train
+from bilevel.compare.bilevel_side import evaluation, history_curve, train
 from bilevel.compare.cost import solve_cost
 from bilevel.compare.space import PartlyFixed, fixed_values, merge, parameter_names
 from bilevel.config.build import build
 from bilevel.config.load import from_dict
 from bilevel.errors import DivergenceError
-from bilevel.training.metrics import evaluate
+from bilevel.training.metrics import held_out, held_out_tasks
 
 
 def suggest(trial, name: str, spec: dict):
@@ -94,7 +94,7 @@ class Trial:
 
     def validate(self, resolved: dict, built, h: dict, spent: list) -> float:
         _, n = evaluation(resolved)
-        sums = evaluate(built.problem, h, held_out_tasks(built.problem, resolved["seed"], n),
+        sums = held_out(built.problem, h, held_out_tasks(built.problem, n, resolved["seed"]),
                         built.solver)
         spent[0] += solve_cost(built.solver, n)
         return sums["val_loss"].item() / n
