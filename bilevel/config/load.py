@@ -113,10 +113,8 @@ def _data_path(loc, data) -> tuple:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
             path.append(part)
-        elif isinstance(node, str) and part not in ("name",):
-            continue  # `solver: gd`, tagged as gd
         elif isinstance(node, dict | str):
-            continue  # a union's tag, such as "gd" or "registered-problem"
+            continue  # a union's tag, such as "gd" (also of `solver: gd`) or "registered-problem"
         else:
             path.append(part)
     return tuple(path)
