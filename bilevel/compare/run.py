@@ -20,7 +20,7 @@ from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import build
 from bilevel.config.runs import CONFIG_FILE, differences, run_directory, test_metrics
-from bilevel.errors import BilevelError
+from bilevel.errors import BilevelError, InvalidInputError, RunDirectoryError
 from bilevel.training import checkpoint
 from bilevel.training.rundir import write_atomically
 from bilevel.tree import tree_leaves, tree_map
@@ -41,7 +41,7 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
         raise config.error("`bilevel compare` needs a `search` block (see docs/compare.md)",
                            ("search",))
     if only not in SIDES:
-        raise BilevelError(f"only must be one of {', '.join(SIDES)}, got {only!r}")
+        raise InvalidInputError(f"only must be one of {', '.join(SIDES)}, got {only!r}")
     directory = run_directory(config, out)
     _record(directory, config.resolved | {"out": str(directory)})
     built = build(config)
@@ -71,8 +71,8 @@ def _record(directory: Path, resolved: dict) -> None:
         recorded, _ = yamlfile.read(path)
         changed = differences(recorded, resolved)
         if changed:
-            raise BilevelError(f"{directory} holds a comparison of another config "
-                               f"({'; '.join(changed)}); choose another --out")
+            raise RunDirectoryError(f"{directory} holds a comparison of another config "
+                                    f"({'; '.join(changed)}); choose another --out")
     directory.mkdir(parents=True, exist_ok=True)
     write_atomically(path, yamlfile.dump(resolved))
 

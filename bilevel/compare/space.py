@@ -8,7 +8,7 @@ with `per_coordinate` one value per coordinate, named "<path>.<leaf>[i]".
 
 import torch
 
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
 
 
@@ -19,8 +19,8 @@ def leaves_under(h: dict, path: str) -> dict[tuple, torch.Tensor]:
     for depth, key in enumerate(keys):
         if not isinstance(node, dict) or key not in node:
             have = sorted(node) if isinstance(node, dict) else []
-            raise BilevelError(f"{path!r} is not a path in h: {'.'.join(keys[:depth + 1])!r} "
-                               f"does not exist (keys there: {', '.join(have) or 'none'})")
+            raise InvalidInputError(f"{path!r} is not a path in h: {'.'.join(keys[:depth + 1])!r} "
+                                    f"does not exist (keys there: {', '.join(have) or 'none'})")
         node = node[key]
     return dict(_leaves(node, keys))
 

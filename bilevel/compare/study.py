@@ -13,7 +13,7 @@ import optuna
 
 from bilevel.compare.curves import Curve
 from bilevel.compare.trial import Trial
-from bilevel.errors import BilevelError
+from bilevel.errors import InvalidInputError
 
 # A worker that dies leaves its trial RUNNING; with a heartbeat, the next worker marks it
 # failed once it has been silent for GRACE seconds (RDB storages).
@@ -44,8 +44,8 @@ def storage(url: str | None, directory: Path):
             # PostgreSQL: "duplicate key value ... studydirection"); the loser retries.
             racing = any(w in str(error).lower() for w in ("duplicate", "already exists"))
             if attempt == OPEN_ATTEMPTS - 1 or not racing:
-                raise BilevelError(f"storage {url!r}: cannot open it as an Optuna storage "
-                                   f"({type(error).__name__}: {error})") from None
+                raise InvalidInputError(f"storage {url!r}: cannot open it as an Optuna storage "
+                                        f"({type(error).__name__}: {error})") from None
             time.sleep(0.2 * (attempt + 1))
 
 
@@ -55,8 +55,8 @@ def sampler(name: str, seed: int):
         try:
             import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it at its first trial)
         except ImportError:
-            raise BilevelError("search.sampler: cmaes needs the cmaes package "
-                               "(pip install cmaes)") from None
+            raise InvalidInputError("search.sampler: cmaes needs the cmaes package "
+                                    "(pip install cmaes)") from None
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                 "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}
     return samplers[name](seed=seed)
