@@ -119,3 +119,33 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path, reference):
         for key in ("grad_norm", "eval_val_loss", "inner_grad_norm_mean", "inner_grad_norm_max"):
             if key in expected_record:
                 assert record[key] == pytest.approx(expected_record[key], rel=1e-6)
+
+
+def test_fifteen_kills_at_random_moments_then_resume_give_the_same_run(tmp_path, reference):
+    """SIGKILL fifteen times, in turn during start-up, right after settings.json is written
+    (before the run's next checkpoint), and right after a checkpoint step's record (while
+    its checkpoint is written), each at a seeded random moment, resuming each time a run
+    directory exists: the run still ends bit for bit where the uninterrupted one does."""
+    import random
+
+    moments = random.Random(0)
+    settings = tmp_path / "settings.json"
+    for kill in range(15):
+        launched = time.time()
+        run = launch(tmp_path, *(["--resume"] if settings.exists() else []), sleep=0.1)
+        if kill % 3 == 0:  # importing torch, building the problem
+            time.sleep(moments.uniform(0.05, 0.8))
+        elif kill % 3 == 1:  # settings.json (re)written, the next checkpoint not yet
+            while not (settings.exists() and settings.stat().st_mtime >= launched) \
+                    and run.poll() is None:
+                time.sleep(0.002)
+        else:  # a checkpoint step's record logged: its checkpoint is being written
+            target = 2 * moments.randint(1, STEPS // 2 - 1)
+            wait_for_lines(tmp_path, target, run)
+            time.sleep(moments.uniform(0.0, 0.02))
+        assert run.poll() is None, "the run ended before it could be killed"
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    finish(launch(tmp_path, *(["--resume"] if settings.exists() else [])))
+    assert_same_run(tmp_path, reference)
+    assert not list(tmp_path.glob(".*.tmp"))
