@@ -64,3 +64,12 @@ def test_unconverged_solves_warn_once_for_implicit_estimators(method, warns):
         train(solver=solver, method=method, steps=3)
     unconverged = [w for w in caught if "far from converged" in str(w.message)]
     assert len(unconverged) == (1 if warns else 0)
+
+
+def test_the_held_out_evaluation_reports_how_far_its_solves_got():
+    short = train(solver=bilevel.solvers.GD(lr=0.05, steps=3), method="fomaml", steps=2,
+                  eval_every=1, eval_tasks=2)
+    long = train(solver=bilevel.solvers.GD(lr=0.05, steps=300), method="fomaml", steps=2,
+                 eval_every=1, eval_tasks=2)
+    assert short.history[-1]["eval_inner_grad_ratio"] > 0.1
+    assert long.history[-1]["eval_inner_grad_ratio"] < 1e-6

@@ -8,10 +8,10 @@ derivative evaluations). Its per-task work is a function of (h, task), written f
 task and batched here with `vmap`.
 """
 
-import torch
 from torch.func import vmap
 
 from bilevel.info import LOSS_KEY, Cost, Info
+from bilevel.inner import grad_ratio
 from bilevel.registry import Registry
 from bilevel.tree import tree_map
 
@@ -32,9 +32,8 @@ def solve_info(method: str, stats: dict, cost: Cost, **extra) -> Info:
     a stationary point), and "val_loss"; `cost` is the cost of ONE
     task (multiplied here by the number of tasks); `extra`: `Info.per_task`, `settings`."""
     n_tasks = stats["grad_norm"].shape[0]
-    if "grad_norm_start" in stats:  # how far each solve got: final / first gradient norm
-        start = stats["grad_norm_start"]
-        ratio = torch.where(start > 0, stats["grad_norm"] / start.clamp_min(1e-300), 0.0)
+    ratio = grad_ratio(stats)
+    if ratio is not None:
         extra["per_task"] = {"inner_grad_ratio": ratio} | dict(extra.get("per_task", {}))
     return Info(method=method, n_tasks=n_tasks, cost=cost * n_tasks,
                 inner_grad_norm=stats["grad_norm"], inner_steps=stats["steps"],

@@ -8,16 +8,20 @@ import math
 import torch
 
 from bilevel.info import Cost
-from bilevel.inner import at_inner_solutions
+from bilevel.inner import at_inner_solutions, grad_ratio
 from bilevel.training import distributed
 
 
 def held_out(problem, h, tasks, solver) -> dict[str, torch.Tensor]:
-    """The sum over the tasks of `problem.eval_metrics(phi*_i(h), h, task_i)`, the inner
-    problems solved in one vmapped batch (costing `Cost.solve(solver.steps)` per task).
-    Sums, so that processes holding different numbers of tasks can add theirs before
-    dividing by the total."""
-    metrics = at_inner_solutions(problem.eval_metrics, problem, h, tasks, solver)
+    """The sum over the tasks of `problem.eval_metrics(phi*_i(h), h, task_i)`, and of how far
+    each solve got ("inner_grad_ratio", `bilevel.inner.grad_ratio`), the inner problems solved
+    in one vmapped batch (costing `Cost.solve(solver.steps)` per task). Sums, so that
+    processes holding different numbers of tasks can add theirs before dividing by the total."""
+    metrics, stats = at_inner_solutions(problem.eval_metrics, problem, h, tasks, solver,
+                                        with_stats=True)
+    ratio = grad_ratio(stats)
+    if ratio is not None:
+        metrics = metrics | {"inner_grad_ratio": ratio}
     return {name: value.sum(0) for name, value in metrics.items()}
 
 
