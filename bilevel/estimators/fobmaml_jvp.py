@@ -35,7 +35,7 @@ def perturbed_gradient(problem, phi, h, task, nu, argnum):
 
     Not grad(G_nu): under jvp in nu, differentiating nu * val_loss(...) in reverse mode
     fails in float32 when val_loss multiplies by a Python number (`0.5 * ...`): functorch
-    lifts the wrapped number to a plain 0-dim float64 tensor, so the backward of that
+    (apparently) lifts the wrapped number to a plain 0-dim float64 tensor, so the backward of that
     product multiplies the 0-dim float32 cotangent by it and promotes to float64 ("expected
     scalar type Float but found Double"). Both forms are the same function of nu.
     """
