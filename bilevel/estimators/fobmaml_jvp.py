@@ -25,9 +25,23 @@ import torch
 from torch.func import grad, jvp
 
 from bilevel.estimators.base import average_over_tasks, estimators, solve_info
-from bilevel.estimators.fobmaml import perturbed_objective
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.tree import tree_leaves
+from bilevel.tree import tree_leaves, tree_map
+
+
+def perturbed_gradient(problem, phi, h, task, nu, argnum):
+    """d G_nu / d(phi, h)[argnum] = d g + nu * d val_loss: the gradient of eq. 9 with nu
+    outside the differentiated functions.
+
+    Not grad(G_nu): under jvp in nu, differentiating nu * val_loss(...) in reverse mode
+    fails in float32 when val_loss multiplies by a Python number (`0.5 * ...`): functorch
+    (apparently) lifts the wrapped number to a plain 0-dim float64 tensor, so the backward of that
+    product multiplies the 0-dim float32 cotangent by it and promotes to float64 ("expected
+    scalar type Float but found Double"). Both forms are the same function of nu.
+    """
+    return tree_map(lambda a, b: a + nu * b,
+                    grad(problem.inner_objective, argnums=argnum)(phi, h, task),
+                    grad(problem.val_loss, argnums=argnum)(phi, h, task))
 
 
 @estimators.register("fo-bmaml-jvp")
@@ -48,11 +62,11 @@ class FOBMAMLJVP:
 
             def psi(nu):
                 def inner_gradient(phi):
-                    return grad(perturbed_objective, argnums=1)(problem, phi, h, task, nu)
+                    return perturbed_gradient(problem, phi, h, task, nu, argnum=0)
 
                 phi, stats = solver.run(inner_gradient, init)
                 stats = stats | {LOSS_KEY: problem.val_loss(phi, h, task)}
-                return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
+                return perturbed_gradient(problem, phi, h, task, nu, argnum=1), stats
 
             _, d_psi, stats = jvp(psi, (zero,), (one,), has_aux=True)
             return d_psi, stats
