@@ -9,8 +9,12 @@ from bilevel import checks
 from bilevel.errors import InvalidInputError, NonFiniteTasksError
 from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
-from bilevel.problem_checks import (check_problem_code, check_task_count, check_values,
-                                    warn_if_unregularized)
+from bilevel.problem_checks import (
+    check_problem_code,
+    check_task_count,
+    check_values,
+    warn_if_unregularized,
+)
 from bilevel.solvers import as_solver
 from bilevel.tree import detach
 

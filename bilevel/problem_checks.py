@@ -119,14 +119,23 @@ def check_problem_code(problem, h, tasks) -> None:
     _check_lam(problem, h0, phi)
     _translate("train_loss", lambda: grad(problem.train_loss)(phi, h0, task0))
     pair = tree_map(lambda t: t[:2], tasks)
+    for name in ("inner_init", "train_loss", "val_loss"):
+        _translate(name, lambda name=name: vmap(_batched(problem, name, h))(pair))
+    _translate("train_loss", lambda: vmap(_batched(problem, "inner_objective", h, grad))(pair))
+    seen.add(key)
 
+
+def _batched(problem, name, h, transform=None):
+    """problem.<name> at inner_init(h, task), for one task, to be vmapped (inner_init's
+    own result for name="inner_init"); `transform` (grad) is applied to it."""
     def one_task(task):
         start = problem.inner_init(h, task)
-        step = grad(problem.inner_objective)(start, h, task)
-        return problem.train_loss(start, h, task), problem.val_loss(start, h, task), step
+        if name == "inner_init":
+            return start
+        method = getattr(problem, name)
+        return (transform(method) if transform else method)(start, h, task)
 
-    _translate("train_loss or val_loss", lambda: vmap(one_task)(pair))
-    seen.add(key)
+    return one_task
 
 
 def _call(problem, name, args, h, task, phi=None):
