@@ -11,7 +11,7 @@ SOLVER = bilevel.solvers.GD(lr=0.1, steps=5)
 
 class Ridge(bilevel.BilevelProblem):
     """phi* = argmin 1/m ||X phi - y||^2 + lam/2 ||phi - theta||^2; val on (xq, yq) plus
-    sqrt(c) (c = 1 by default: a constant, whose NaN for c < 0 poisons one task); labels
+    times sqrt(c) (c = 1 by default; c < 0 makes one task's loss and gradient NaN); labels
     are integers that the losses do not use."""
 
     regularization = "proximal"
@@ -33,7 +33,7 @@ class Ridge(bilevel.BilevelProblem):
         return ((task["x"] @ phi["w"] - task["y"]) ** 2).mean()
 
     def val_loss(self, phi, h, task):
-        return ((task["xq"] @ phi["w"] - task["yq"]) ** 2).mean() + torch.sqrt(task["c"])
+        return ((task["xq"] @ phi["w"] - task["yq"]) ** 2).mean() * torch.sqrt(task["c"])
 
 
 def setting(problem=None, n=N_TASKS):
