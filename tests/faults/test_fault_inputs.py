@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bilevel
-from tests.faults.fault_problems import (SOLVER, EmptyInitHyper, IntegerInitHyper, setting)
+from tests.faults.fault_problems import SOLVER, EmptyInitHyper, IntegerInitHyper, setting
 
 
 def run(problem, h, tasks, **options):
