@@ -10,6 +10,7 @@ from bilevel.errors import InvalidInputError, NonFiniteTasksError
 from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
 from bilevel.problem_checks import (
+    all_finite,
     check_problem_code,
     check_task_count,
     check_values,
@@ -69,8 +70,7 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
 
 def _all_finite(grad, info) -> bool:
     """One fused reduction over the averaged gradient and the per-task losses."""
-    leaves = [*tree_leaves(grad), info.val_loss, info.inner_grad_norm]
-    return bool(torch.stack([torch.isfinite(t).all() for t in leaves]).all())
+    return all_finite([*tree_leaves(grad), info.val_loss, info.inner_grad_norm])
 
 
 def _non_finite(estimator, call, grad, info, on_non_finite):

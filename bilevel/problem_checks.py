@@ -16,7 +16,7 @@ import weakref
 
 import torch
 from torch.func import grad, vmap
-from torch.utils._pytree import keystr, tree_flatten, tree_leaves_with_path, tree_map
+from torch.utils._pytree import keystr, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map
 
 from bilevel.errors import InvalidInputError
 
@@ -42,33 +42,43 @@ _KNOWN_FAULTS = (
 )
 
 
+def all_finite(leaves) -> bool:
+    """Whether every tensor in `leaves` is finite: one fused max-abs per tensor (NaN and
+    Inf propagate through it) and one host sync, without a mask as large as the data."""
+    if not leaves:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(leaves, float("inf")))).all())
+
+
 def check_values(h, tasks) -> None:
     """Every floating leaf of h and tasks finite; h's leaves and the floating task leaves
-    of one dtype. One fused reduction when all is well; the leaf is searched on failure."""
-    hyper = [(f"h{keystr(p)}", leaf) for p, leaf in tree_leaves_with_path(h)]
-    data = [(f"tasks{keystr(p)}", leaf) for p, leaf in tree_leaves_with_path(tasks)
-            if leaf.is_floating_point()]
-    dtypes = {leaf.dtype for _, leaf in hyper}
-    if len(dtypes) > 1:
-        listed = ", ".join(f"{name}: {leaf.dtype}" for name, leaf in hyper)
+    of one dtype. One fused reduction when all is well; the leaf is named on failure."""
+    hyper = tree_leaves(h)
+    data = [leaf for leaf in tree_leaves(tasks) if leaf.is_floating_point()]
+    dtype = hyper[0].dtype
+    if any(leaf.dtype != dtype for leaf in hyper):
+        listed = ", ".join(f"{name}: {leaf.dtype}" for name, leaf in _named(h, "h"))
         raise InvalidInputError(f"h: every leaf must have one floating dtype, got {listed}")
-    (dtype,) = dtypes
-    for name, leaf in data:
-        if leaf.dtype != dtype:
-            raise InvalidInputError(
-                f"{name} has dtype {leaf.dtype}, but h is {dtype}: floating task data must "
-                f"have h's dtype (convert with .to({dtype})); integer leaves such as labels "
-                "may stay integer")
-    leaves = hyper + data
-    if bool(torch.stack([torch.isfinite(leaf).all() for _, leaf in leaves]).all()):
+    if any(leaf.dtype != dtype for leaf in data):
+        name, leaf = next((n, t) for n, t in _named(tasks, "tasks")
+                          if t.is_floating_point() and t.dtype != dtype)
+        raise InvalidInputError(
+            f"{name} has dtype {leaf.dtype}, but h is {dtype}: floating task data must "
+            f"have h's dtype (convert with .to({dtype})); integer leaves such as labels "
+            "may stay integer")
+    if all_finite(hyper + data):
         return
-    for name, leaf in leaves:
+    for name, leaf in [*_named(h, "h"), *_named(tasks, "tasks")]:
         bad = ~torch.isfinite(leaf)
         if bad.any():
             first = tuple(bad.nonzero()[0].tolist())
             raise InvalidInputError(
                 f"{name} must be finite, got {int(bad.sum())} NaN/Inf value(s) of "
                 f"{leaf.numel()} (first at index {first}: {leaf[first].item()})")
+
+
+def _named(tree, root: str):
+    return [(f"{root}{keystr(path)}", leaf) for path, leaf in tree_leaves_with_path(tree)]
 
 
 def check_task_count(n_tasks: int) -> None:
