@@ -37,7 +37,8 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
         `options` are its fields, e.g. nu=1e-3, scheme="symmetric" for "fo-bmaml".
     on_non_finite: what to do when some tasks give a NaN or Inf loss or gradient:
         "raise" (NonFiniteTasksError naming them), "drop" (average over the other tasks,
-        the cost of both calls counted) or "keep" (return the non-finite average).
+        the cost of both calls counted) or "keep" (return the non-finite average, and leave
+        NaN/Inf in h and tasks unchecked: the caller watches for them, as meta_train does).
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info is a
     `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
@@ -52,7 +53,7 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     solver = as_solver(solver)
     check_hyper(h)
     check_task_count(check_tasks(tasks))
-    check_values(h, tasks)
+    check_values(h, tasks, finite=on_non_finite != "keep")
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string, got {method!r}")
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)

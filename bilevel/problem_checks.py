@@ -50,9 +50,9 @@ def all_finite(leaves) -> bool:
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(leaves, float("inf")))).all())
 
 
-def check_values(h, tasks) -> None:
-    """Every floating leaf of h and tasks finite; h's leaves and the floating task leaves
-    of one dtype. One fused reduction when all is well; the leaf is named on failure."""
+def check_values(h, tasks, finite: bool = True) -> None:
+    """h's leaves and the floating task leaves of one dtype; with `finite`, every floating
+    leaf finite (one fused reduction when all is well; the leaf is named on failure)."""
     hyper = tree_leaves(h)
     data = [leaf for leaf in tree_leaves(tasks) if leaf.is_floating_point()]
     dtype = hyper[0].dtype
@@ -66,7 +66,7 @@ def check_values(h, tasks) -> None:
             f"{name} has dtype {leaf.dtype}, but h is {dtype}: floating task data must "
             f"have h's dtype (convert with .to({dtype})); integer leaves such as labels "
             "may stay integer")
-    if all_finite(hyper + data):
+    if not finite or all_finite(hyper + data):
         return
     for name, leaf in [*_named(h, "h"), *_named(tasks, "tasks")]:
         bad = ~torch.isfinite(leaf)
@@ -125,7 +125,7 @@ def check_problem_code(problem, h, tasks) -> None:
     phi = _call(problem, "inner_init", (h0, task0), h0, task0)
     _check_phi(phi)
     for name in ("train_loss", "val_loss"):
-        _check_scalar(name, _call(problem, name, (phi, h0, task0), h0, task0, phi), phi)
+        _check_scalar(name, _call(problem, name, (phi, h0, task0), h0, task0, phi))
     _check_lam(problem, h0, phi)
     _translate("train_loss", lambda: grad(problem.train_loss)(phi, h0, task0))
     pair = tree_map(lambda t: t[:2], tasks)
@@ -191,7 +191,7 @@ def _check_phi(phi) -> None:
                 "floating-point tensor")
 
 
-def _check_scalar(name: str, value, phi) -> None:
+def _check_scalar(name: str, value) -> None:
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
         got = (f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
                else f"{type(value).__name__} {value!r:.60}")
@@ -204,7 +204,8 @@ def _check_scalar(name: str, value, phi) -> None:
 
 
 def _check_lam(problem, h, phi) -> None:
-    """A per-tensor or per-coordinate lam: each leaf a scalar or shaped like phi's."""
+    """A per-tensor or per-coordinate lam: each leaf broadcasts to phi's leaf (a scalar, one
+    value per row, or its very shape), not the other way round."""
     if problem.regularizer(phi, h) is None:
         return
     lam = _translate("lam", lambda: problem.lam(h))
@@ -213,8 +214,15 @@ def _check_lam(problem, h, phi) -> None:
     lam_leaves = dict((keystr(p), leaf) for p, leaf in tree_leaves_with_path(lam))
     for path, leaf in tree_leaves_with_path(phi):
         weight = lam_leaves.get(keystr(path))
-        if isinstance(weight, torch.Tensor) and weight.ndim and weight.shape != leaf.shape:
+        if isinstance(weight, torch.Tensor) and not _broadcasts(weight.shape, leaf.shape):
             raise InvalidInputError(
                 f"lam(h){keystr(path)} has shape {tuple(weight.shape)}, but phi{keystr(path)} "
                 f"has shape {tuple(leaf.shape)}: a per-coordinate lam must be shaped like phi "
-                "(or be a scalar per tensor)")
+                "or broadcast to it (a scalar per tensor, or e.g. one value per row)")
+
+
+def _broadcasts(shape, target) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False

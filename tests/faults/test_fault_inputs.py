@@ -87,3 +87,13 @@ def test_init_hyper_of_integers_or_empty(problem, message):
     with pytest.raises(bilevel.InvalidInputError, match=message):
         bilevel.meta_train(problem, solver=SOLVER, method="fomaml", steps=1, tasks_per_step=2,
                            progress=False)
+
+
+def test_keep_leaves_non_finite_input_to_the_caller():
+    """on_non_finite="keep" (meta_train's: it stops with a DivergenceError) checks dtypes
+    but not NaN/Inf, and reports the tasks that came out non-finite."""
+    problem, h, tasks = setting()
+    tasks["y"] = tasks["y"].clone()
+    tasks["y"][3] = float("nan")
+    grad, info = run(problem, h, tasks, on_non_finite="keep")
+    assert torch.isnan(grad["theta"]["w"]).all() and info["non_finite_tasks"] == (3,)

@@ -4,6 +4,7 @@ on one task before batching, and cached per problem."""
 import warnings
 
 import pytest
+import torch
 
 import bilevel
 from tests.faults import fault_problems as fp
@@ -75,3 +76,16 @@ def test_estimator_following_the_solver_does_not_warn(method):
         warnings.simplefilter("error")
         grad, _ = run(fp.Unregularized(), method)
     assert (grad["theta"]["w"] != 0).any()
+
+
+class PerRowLam(fp.Ridge):
+    """Per-coordinate lam that broadcasts to phi (shape (1,) against (3,)): allowed."""
+
+    def init_hyper(self, generator=None):
+        w = torch.zeros(1, dtype=torch.float64)
+        return super().init_hyper() | {"log_lam": {"w": w}}
+
+
+def test_a_lam_that_broadcasts_to_phi_is_allowed():
+    grad, _ = run(PerRowLam(), "imaml")
+    assert torch.isfinite(grad["log_lam"]["w"]).all() and grad["log_lam"]["w"].shape == (1,)
