@@ -11,6 +11,10 @@ are also timed alone ("checks_alone_s", "checks_share" of an unchecked call). Th
 one-time check of the problem's code (cached per problem and shapes) is paid in warm-up
 and reported apart, as "first_call_s". Prints JSON.
 Run: .venv/bin/python benchmarks/fault_checks_overhead.py
+Measured 2026-11-26 (2-core shared CPU, torch 2.13 CPU, load ~2): median paired ratio 1.010,
+ratio of medians 1.014 (21.9 vs 21.6 ms per call); the checks alone 0.14 ms (0.7%); the
+first call's one-time check of the problem 1.1 s. Under heavier load the paired ratio
+ranged 0.996-1.039 while the checks alone stayed at 0.5-0.9% of a call.
 """
 
 import json
