@@ -81,6 +81,10 @@ def _non_finite(estimator, call, grad, info, on_non_finite):
     n_tasks = info.n_tasks
     if on_non_finite == "keep":
         return grad, dataclasses.replace(info, non_finite_tasks=bad)
+    if not bad:  # each task finite alone: their average overflowed
+        raise NonFiniteTasksError(
+            f"the hypergradient averaged over {n_tasks} tasks is not finite, though each "
+            "task's alone is: it overflows h's dtype; use float64 or rescale the losses", bad)
     if on_non_finite == "raise" or len(bad) == n_tasks:
         losses = ", ".join(f"{i}: {info.val_loss[i].item():.3g}" for i in bad[:10])
         raise NonFiniteTasksError(
