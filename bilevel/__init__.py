@@ -10,7 +10,13 @@ and the registry `bilevel.solvers.solvers`; likewise `bilevel.estimators.estimat
 from bilevel import estimators, regularizers, solvers
 from bilevel.config import load_config
 from bilevel.devices import resolve_device, resolve_dtype
-from bilevel.errors import BilevelError, DivergenceError, InvalidInputError, RunDirectoryError
+from bilevel.errors import (
+                            BilevelError,
+                            DivergenceError,
+                            InvalidInputError,
+                            NonFiniteTasksError,
+                            RunDirectoryError,
+)
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions, outer_loss, solve_inner
@@ -24,6 +30,7 @@ __all__ = [
     "DivergenceError",
     "InvalidInputError",
     "MetaTrainResult",
+    "NonFiniteTasksError",
     "RunDirectoryError",
     "estimators",
     "gradcheck",

@@ -5,6 +5,9 @@
                             (also a ValueError, as Python's own argument errors are)
     DivergenceError         a run produced a NaN or Inf (not a ValueError: the input was
                             valid, the numbers blew up)
+    NonFiniteTasksError     some tasks of a hypergradient gave a NaN or Inf loss or
+                            gradient (`tasks` holds their indices); on_non_finite="drop"
+                            averages over the others instead
     RunDirectoryError       a run directory cannot be used as asked: it already holds a
                             run, it holds no checkpoint to resume, or its recorded settings
                             differ from the resumed run's
@@ -33,3 +36,12 @@ class DivergenceError(BilevelError):
     def __init__(self, step: int, quantity: str, note: str = "", problem: str = "is not finite"):
         super().__init__(f"diverged at step {step}: {quantity} {problem}{note}")
         self.step, self.quantity = step, quantity
+
+
+class NonFiniteTasksError(BilevelError):
+    """Tasks of one hypergradient call gave a non-finite loss or gradient; `tasks` holds
+    their indices in the batch."""
+
+    def __init__(self, message: str, tasks: tuple[int, ...]):
+        super().__init__(message)
+        self.tasks = tasks

@@ -1,42 +1,122 @@
 """`hypergradient`: one entry point for every estimator."""
 
-import torch
-from torch.utils._pytree import keystr, tree_leaves_with_path
+import dataclasses
 
-from bilevel.errors import InvalidInputError
+import torch
+from torch.utils._pytree import keystr, tree_leaves, tree_leaves_with_path, tree_map
+
+from bilevel import checks
+from bilevel.errors import InvalidInputError, NonFiniteTasksError
 from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
+from bilevel.problem_checks import (
+    all_finite,
+    check_problem_code,
+    check_task_count,
+    check_values,
+    warn_if_unregularized,
+)
 from bilevel.solvers import as_solver
 from bilevel.tree import detach
 
+ON_NON_FINITE = ("raise", "drop", "keep")
 
-def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml", **options):
+
+def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
+                  on_non_finite: str = "raise", **options):
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 
     problem: a `BilevelProblem`.
-    h: dict of hyperparameter tensors (nested dicts allowed).
-    tasks: a batch from `problem.sample_tasks`, every leaf with the same leading dim.
+    h: dict of hyperparameter tensors (nested dicts allowed), finite, of one floating dtype.
+    tasks: a batch from `problem.sample_tasks`, every leaf with the same leading dim (>= 1);
+        floating leaves finite and of h's dtype (integer leaves, e.g. labels, are left alone).
     solver: an inner solver (`bilevel.solvers.GD`, `Nesterov`, ...: the contract is
         `bilevel.solvers.InnerSolver`), or one given as a registered name or
         {"name": "gd", "lr": ..., "steps": ...}.
     method: a registered estimator ("fo-bmaml", "exact", ...; `bilevel list`);
         `options` are its fields, e.g. nu=1e-3, scheme="symmetric" for "fo-bmaml".
+    on_non_finite: what to do when some tasks give a NaN or Inf loss or gradient:
+        "raise" (NonFiniteTasksError naming them), "drop" (average over the other tasks,
+        the cost of both calls counted) or "keep" (return the non-finite average, and leave
+        NaN/Inf in h and tasks unchecked: the caller watches for them, as meta_train does).
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info is a
     `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
     inner gradient norm of each task, and the call's cost (`info["inner_grad_evals"]`,
-    `info["hvps"]`, ...; `bilevel.info.Cost`).
+    `info["hvps"]`, ...; `bilevel.info.Cost`); info["non_finite_tasks"] lists the tasks
+    that gave a non-finite result and info["n_dropped"] how many were left out.
+
+    The problem's methods are tried once on one task before batching (cached per problem
+    and shapes): a mistake in them is an InvalidInputError naming the method.
     """
     check_problem(problem)
     solver = as_solver(solver)
     check_hyper(h)
-    check_tasks(tasks)
+    check_task_count(check_tasks(tasks))
+    check_values(h, tasks, finite=on_non_finite != "keep")
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string, got {method!r}")
+    checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
     estimator = estimators.build(method, options, argument=f"hypergradient(method={method!r})")
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
-    return estimator(problem, detach(h), detach(tasks), solver)
+    h, tasks = detach(h), detach(tasks)
+    check_problem_code(problem, h, tasks)
+    warn_if_unregularized(problem, method, getattr(estimator, "assumes_converged_inner", False))
+    grad, info = estimator(problem, h, tasks, solver)
+    if _all_finite(grad, info):
+        return grad, info
+    return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
+
+
+def _all_finite(grad, info) -> bool:
+    """One fused reduction over the averaged gradient and the per-task losses."""
+    return all_finite([*tree_leaves(grad), info.val_loss, info.inner_grad_norm])
+
+
+def _non_finite(estimator, call, grad, info, on_non_finite):
+    """The tasks that gave a non-finite result, then raise, drop them, or keep them."""
+    problem, h, tasks, solver = call
+    bad = _bad_tasks(estimator, call, info)
+    n_tasks = info.n_tasks
+    if on_non_finite == "keep":
+        return grad, dataclasses.replace(info, non_finite_tasks=bad)
+    if not bad:  # each task finite alone: their average overflowed
+        raise NonFiniteTasksError(
+            f"the hypergradient averaged over {n_tasks} tasks is not finite, though each "
+            "task's alone is: it overflows h's dtype; use float64 or rescale the losses", bad)
+    if on_non_finite == "raise" or len(bad) == n_tasks:
+        losses = ", ".join(f"{i}: {info.val_loss[i].item():.3g}" for i in bad[:10])
+        raise NonFiniteTasksError(
+            f"tasks {list(bad)} of {n_tasks} gave a non-finite loss or hypergradient (val_loss "
+            f"{{{losses}}}); check those tasks' data and the problem's losses, or pass "
+            "on_non_finite='drop' to average over the finite tasks only"
+            + (" (every task is non-finite here)" if len(bad) == n_tasks else ""), bad)
+    keep = torch.tensor([i for i in range(n_tasks) if i not in bad])
+    kept = tree_map(lambda t: t[keep.to(t.device)], tasks)
+    grad, kept_info = estimator(problem, h, kept, solver)
+    if not _all_finite(grad, kept_info):
+        raise NonFiniteTasksError(
+            f"tasks {list(bad)} of {n_tasks} gave a non-finite result and were dropped, but "
+            "the average over the others is still not finite", bad)
+    return grad, dataclasses.replace(kept_info, cost=info.cost + kept_info.cost,
+                                     non_finite_tasks=bad, n_dropped=len(bad))
+
+
+def _bad_tasks(estimator, call, info) -> tuple[int, ...]:
+    """Indices of the tasks with a non-finite loss or inner gradient norm; when none has
+    one (only a gradient is non-finite), each task is run alone to find them."""
+    flags = ~(torch.isfinite(info.val_loss) & torch.isfinite(info.inner_grad_norm))
+    if flags.any():
+        return tuple(flags.nonzero()[:, 0].tolist())
+    problem, h, tasks, solver = call
+    bad = []
+    for i in range(info.n_tasks):
+        one = tree_map(lambda t, i=i: t[i:i + 1], tasks)
+        grad, _ = estimator(problem, h, one, solver)
+        if not all(bool(torch.isfinite(g).all()) for g in tree_leaves(grad)):
+            bad.append(i)
+    return tuple(bad)
 
 
 def check_problem(problem):
@@ -46,13 +126,15 @@ def check_problem(problem):
         )
 
 
-def check_hyper(h):
+def check_hyper(h, name: str = "h"):
+    """h: a non-empty dict of floating-point tensors; `name` says where it came from."""
     if not isinstance(h, dict) or not h:
-        raise InvalidInputError(f"h must be a non-empty dict of tensors, got {type(h).__name__}")
+        raise InvalidInputError(
+            f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}")
     for path, leaf in tree_leaves_with_path(h):
         if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
             raise InvalidInputError(
-                f"h{keystr(path)} must be a floating-point tensor, got {leaf!r}")
+                f"{name}{keystr(path)} must be a floating-point tensor, got {leaf!r}")
 
 
 def check_tasks(tasks) -> int:

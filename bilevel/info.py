@@ -83,7 +83,10 @@ class Info(Mapping):
     val_loss: the outer loss of each task, val_loss(phi_i, h, task_i) at its inner
         solution (fo-bmaml: averaged over the stencil);
     per_task: the estimator's own per-task diagnostics (imaml: cg_steps, cg_residual);
-    settings: settings the estimator resolved (fo-bmaml: nu, scheme).
+    settings: settings the estimator resolved (fo-bmaml: nu, scheme);
+    non_finite_tasks: the indices (in the batch given) of the tasks whose gradient or loss
+        was not finite; n_dropped: how many of them `on_non_finite="drop"` left out of the
+        average (the other entries then describe the finite tasks only).
     """
 
     method: str
@@ -94,11 +97,14 @@ class Info(Mapping):
     val_loss: torch.Tensor
     per_task: Mapping = dataclasses.field(default_factory=dict)
     settings: Mapping = dataclasses.field(default_factory=dict)
+    non_finite_tasks: tuple = ()
+    n_dropped: int = 0
 
     def _flat(self) -> dict:
         return {"method": self.method, "n_tasks": self.n_tasks, **self.cost.as_dict(),
                 "inner_grad_norm": self.inner_grad_norm, "inner_steps": self.inner_steps,
-                LOSS_KEY: self.val_loss, **self.per_task, **self.settings}
+                LOSS_KEY: self.val_loss, **self.per_task, **self.settings,
+                "non_finite_tasks": self.non_finite_tasks, "n_dropped": self.n_dropped}
 
     def __getitem__(self, key):
         return self._flat()[key]

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from bilevel import checks
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
-from bilevel.hypergradient import check_problem, hypergradient
+from bilevel.hypergradient import check_hyper, check_problem, hypergradient
 from bilevel.info import LOSS_KEY
 from bilevel.registry import name_and_options
 from bilevel.solvers import as_solver, solver_name
@@ -152,7 +152,9 @@ class _Run:
         held-out tasks, the task generator, h and state from a checkpoint (resume), the outer
         optimizer, the run directory."""
         torch.manual_seed(self.seed)  # a resumed run restores the state saved instead
-        leaves, self.spec = tree_flatten(self.problem.init_hyper(run_generator(self.seed, 0)))
+        h = self.problem.init_hyper(run_generator(self.seed, 0))
+        check_hyper(h, name=f"{type(self.problem).__name__}.init_hyper()")
+        leaves, self.spec = tree_flatten(h)
         self.device = leaves[0].device
         self.processes = distributed.start(self.device)
         self.eval_shard = None
@@ -236,8 +238,10 @@ class _Run:
         batch = self.problem.sample_tasks(self.tasks_per_step, self.generators["tasks"])
         tasks, n_local = distributed.shard(batch, self.tasks_per_step, self.processes,
                                            "tasks_per_step")
+        # "keep": a non-finite task stops the run below, as a DivergenceError.
         grad, info = hypergradient(self.problem, self.h(), tasks, solver=self.solver,
-                                   method=self.method, **self.method_options)
+                                   method=self.method, on_non_finite="keep",
+                                   **self.method_options)
         grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, self.tasks_per_step,
                                                          self.processes))[0]
         norm = global_norm(grads)
