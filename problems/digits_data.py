@@ -6,13 +6,14 @@ Bundled with scikit-learn (`sklearn.datasets.load_digits`): nothing is downloade
 import functools
 
 import torch
-from sklearn.datasets import load_digits
 
 FEATURES, CLASSES = 64, 10
 
 
 @functools.cache
 def _raw() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits  # imported when needed: scikit-learn takes 2 s
+
     data = load_digits()
     return torch.from_numpy(data.data), torch.from_numpy(data.target)
 
