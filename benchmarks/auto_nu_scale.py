@@ -48,9 +48,10 @@ def setting(scale, dtype):
     return problem, h, tasks, reference
 
 
-def error(problem, h, tasks, reference, nu, scheme):
-    """(relative error, info["nu"]); inf when a perturbed solve diverges."""
-    solver = bilevel.solvers.GD(lr=1 / 11, steps=300)
+def error(problem, h, tasks, reference, nu, scheme, steps=300):
+    """(relative error, info["nu"]) with `steps` GD steps; inf when a perturbed solve
+    diverges."""
+    solver = bilevel.solvers.GD(lr=1 / 11, steps=steps)
     try:
         grad, info = bilevel.hypergradient(problem, h, tasks, solver=solver, nu=nu,
                                            scheme=scheme)

@@ -20,9 +20,9 @@ accuracy; `sample_tasks(n, split="test")` draws meta-test tasks.
 
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from bilevel import InvalidInputError, checks
+from bilevel.blocks.sources import few_shot_sampler
 from problems.classification import classification_metrics, cross_entropy
 from problems.digits_data import CLASSES, FEATURES, digits, standardize
 from problems.mlp import MLPPrior, mlp
@@ -50,8 +50,8 @@ class Digits(MLPPrior):
         x, y = digits(dtype, self.device)
         in_train = torch.isin(y, torch.tensor(self.classes["train"], device=self.device))
         _, x = standardize(x[in_train], x)
-        self.images = {split: self._by_class(x, y, classes)
-                       for split, classes in self.classes.items()}
+        self.samplers = {split: self._sampler(x, y, classes)
+                         for split, classes in self.classes.items()}
 
     def _check_classes(self, name, classes) -> tuple[int, ...]:
         classes = tuple(classes)
@@ -62,42 +62,24 @@ class Digits(MLPPrior):
                 f"{name} must hold at least ways={self.ways} classes, got {classes!r}")
         return classes
 
-    def _by_class(self, x, y, classes):
-        """(images (C, M, 64) padded with zeros to M = the largest class, counts (C,))."""
+    def _sampler(self, x, y, classes):
+        """The task sampler of one split (`bilevel.blocks.sources.few_shot_sampler`)."""
         members = [x[y == c] for c in classes]
-        counts = torch.tensor([len(m) for m in members], device=x.device)
-        if counts.min() < self.shots + self.queries:
+        smallest = min(len(m) for m in members)
+        if smallest < self.shots + self.queries:
             raise InvalidInputError(
-                f"shots + queries must be at most {int(counts.min())} (the smallest class of "
+                f"shots + queries must be at most {smallest} (the smallest class of "
                 f"{classes}), got {self.shots} + {self.queries}")
-        return pad_sequence(members, batch_first=True), counts
+        return few_shot_sampler(members, self.ways, self.shots, self.queries,
+                                torch.tensor(classes, device=self.device))
 
     def sample_tasks(self, n, generator=None, split="train"):
         """n tasks of the `split` ("train": meta-train classes, "test": meta-test classes):
         {"x": (n, N K, 64), "y": (n, N K)} support, {"xq": (n, N Q, 64), "yq": (n, N Q)}
         query (labels int64 in 0..N-1, K or Q consecutive images per label) and
         {"classes": (n, N)}: the digit that each label stands for."""
-        checks.integer("n", n, minimum=1)
         checks.one_of("split", split, SPLITS)
-        images, counts = self.images[split]
-        digits_of_split = torch.tensor(self.classes[split], device=self.device)
-        picks = torch.rand(n, len(counts), generator=generator).argsort(-1)[:, : self.ways]
-        picks = picks.to(self.device)
-        # Random scores, padding scored above every real image: the first shots + queries
-        # of each row's order are distinct images of its class.
-        scores = torch.rand(n, self.ways, images.shape[1], generator=generator).to(self.device)
-        padding = torch.arange(images.shape[1], device=self.device) >= counts[picks, None]
-        chosen = scores.masked_fill(padding, 2.0).argsort(-1)[..., : self.shots + self.queries]
-        x = images[picks[..., None], chosen]
-        labels = torch.arange(self.ways, device=self.device)[None, :, None]
-
-        def flat(part, size):
-            return (x[:, :, part].reshape(n, self.ways * size, FEATURES),
-                    labels.expand(n, self.ways, size).reshape(n, self.ways * size))
-
-        support, query = slice(0, self.shots), slice(self.shots, None)
-        (xs, ys), (xq, yq) = flat(support, self.shots), flat(query, self.queries)
-        return {"x": xs, "y": ys, "xq": xq, "yq": yq, "classes": digits_of_split[picks]}
+        return self.samplers[split](n, generator)
 
     def train_loss(self, phi, h, task):
         return cross_entropy(mlp(phi, task["x"]), task["y"]).mean()

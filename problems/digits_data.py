@@ -1,4 +1,5 @@
 """The handwritten digits that scikit-learn ships (1797 images of 8x8 pixels, 10 classes).
+(`standardize` and `random_split` are the library's, from bilevel.blocks.sources.)
 
 Bundled with scikit-learn (`sklearn.datasets.load_digits`): nothing is downloaded.
 """
@@ -6,6 +7,10 @@ Bundled with scikit-learn (`sklearn.datasets.load_digits`): nothing is downloade
 import functools
 
 import torch
+
+from bilevel.blocks.sources import random_split, standardize
+
+__all__ = ["CLASSES", "FEATURES", "digits", "random_split", "standardize"]
 
 FEATURES, CLASSES = 64, 10
 
@@ -22,17 +27,3 @@ def digits(dtype=torch.float32, device="cpu") -> tuple[torch.Tensor, torch.Tenso
     """(x, y): pixel intensities scaled to [0, 1], shape (1797, 64), and int64 labels (1797,)."""
     x, y = _raw()
     return (x / 16).to(dtype=dtype, device=device), y.to(device)
-
-
-def standardize(reference: torch.Tensor, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(x - mean) / std per column, with the statistics of `reference` (no leak from the
-    others); a constant column (std 0: some border pixels) is only centred."""
-    mean, std = reference.mean(0), reference.std(0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return tuple((x - mean) / std for x in (reference, *arrays))
-
-
-def random_split(n_examples: int, sizes, generator) -> list[torch.Tensor]:
-    """Disjoint random index sets of the given sizes, drawn from range(n_examples)."""
-    order = torch.randperm(n_examples, generator=generator)
-    return list(torch.split(order[: sum(sizes)], list(sizes)))

@@ -114,6 +114,12 @@ def standardize(reference: torch.Tensor, *arrays: torch.Tensor) -> tuple[torch.T
     return tuple((x - mean) / std for x in (reference, *arrays))
 
 
+def random_split(n_examples: int, sizes, generator) -> list[torch.Tensor]:
+    """Disjoint random index sets of the given sizes, drawn from range(n_examples)."""
+    order = torch.randperm(n_examples, generator=generator)
+    return list(torch.split(order[: sum(sizes)], list(sizes)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Holdout:
     """One task: `train` rows (count or fraction) to fit, `val` rows to judge, the rest test."""
@@ -131,8 +137,8 @@ class Holdout:
             raise InvalidInputError(f"split: train + val = {n_train + n_val} rows, but the "
                                     f"table has only {rows}")
         generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
-        order = torch.randperm(rows, generator=generator).to(x.device)
-        train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+        sizes = (n_train, n_val, rows - n_train - n_val)
+        train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
         parts = (x[train], x[val], x[test])
         if self.standardize:
             parts = standardize(*parts)
@@ -174,11 +180,11 @@ class FewShot:
         if self.standardize:  # with the statistics of the training classes' rows
             mean, std = standardize_statistics(torch.cat(groups[0]))
             groups = [[(r - mean) / std for r in rows] for rows in groups]
-        sample = _few_shot_sampler(groups[0], ways, shots, queries)
+        sample = few_shot_sampler(groups[0], ways, shots, queries)
         test = None
         if self.test_classes is not None:
             count = checks.integer("split test_tasks", self.test_tasks, minimum=1)
-            test_sample = _few_shot_sampler(groups[1], ways, shots, queries)
+            test_sample = few_shot_sampler(groups[1], ways, shots, queries)
             test = test_sample(count, torch.Generator().manual_seed(0))
         return Tasks("classification", x.shape[1], ways, sample, test)
 
@@ -194,9 +200,11 @@ class FewShot:
         return rows
 
 
-def _few_shot_sampler(rows: list, ways: int, shots: int, queries: int):
+def few_shot_sampler(rows: list, ways: int, shots: int, queries: int, classes=None):
     """sample(n, generator): n tasks of `ways` classes drawn from `rows` (one tensor of rows
-    per class), `shots` + `queries` distinct rows of each, labels 0..ways-1 in random order."""
+    per class), `shots` + `queries` distinct rows of each, labels 0..ways-1 in random order;
+    with `classes` (a tensor naming each class of `rows`), also {"classes": (n, ways)}, the
+    class that each label stands for."""
     images = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (classes, most, inputs)
     device = images.device
     counts = torch.tensor([len(r) for r in rows], device=device)
@@ -217,7 +225,8 @@ def _few_shot_sampler(rows: list, ways: int, shots: int, queries: int):
                     labels.expand(n, ways, size).reshape(n, ways * size))
 
         (xs, ys), (xq, yq) = flat(slice(0, shots), shots), flat(slice(shots, None), queries)
-        return {"x": xs, "y": ys, "xq": xq, "yq": yq}
+        tasks = {"x": xs, "y": ys, "xq": xq, "yq": yq}
+        return tasks if classes is None else tasks | {"classes": classes[picks]}
 
     return sample
 

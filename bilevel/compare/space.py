@@ -7,6 +7,7 @@ with `per_coordinate` one value per coordinate, named "<path>.<leaf>[i]".
 """
 
 import torch
+from torch.utils._pytree import tree_leaves_with_path
 
 from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
@@ -22,15 +23,8 @@ def leaves_under(h: dict, path: str) -> dict[tuple, torch.Tensor]:
             raise InvalidInputError(f"{path!r} is not a path in h: {'.'.join(keys[:depth + 1])!r} "
                                     f"does not exist (keys there: {', '.join(have) or 'none'})")
         node = node[key]
-    return dict(_leaves(node, keys))
-
-
-def _leaves(node, prefix):
-    if isinstance(node, dict):
-        for key, child in node.items():
-            yield from _leaves(child, prefix + (key,))
-    else:
-        yield prefix, node
+    return {keys + tuple(entry.key for entry in where): leaf
+            for where, leaf in tree_leaves_with_path(node)}
 
 
 def split(h: dict, fixed: set[tuple]) -> dict:

@@ -6,6 +6,7 @@ validated model, and `resolved`, the plain dict with every default filled in, wh
 run directory keeps as config.yaml (the one record of the run).
 """
 
+import copy
 import dataclasses
 import difflib
 from pathlib import Path
@@ -71,7 +72,7 @@ def apply_override(data: dict, override: str, source) -> dict:
     if not sep or not key:
         raise ConfigError(f"--set {override!r}: expected key.path=value", file=source)
     path = key.split(".")
-    data = _copy(data)
+    data = copy.deepcopy(data)
     node = data
     for depth, part in enumerate(path[:-1]):
         child = node.get(part)
@@ -86,14 +87,6 @@ def apply_override(data: dict, override: str, source) -> dict:
         node = child
     node[path[-1]] = yamlfile.scalar(text)
     return data
-
-
-def _copy(tree):
-    if isinstance(tree, dict):
-        return {k: _copy(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_copy(v) for v in tree]
-    return tree
 
 
 def _line(marks: dict, path) -> tuple | None:

@@ -164,6 +164,7 @@ class _Run:
                                                    "eval_tasks")
         self.generators = {"tasks": run_generator(self.seed, 1)}
         self.dtype = leaves[0].dtype
+        self.digest = settings_digest(self.settings(self.dtype))  # kept in every checkpoint
         saved = self._checkpoint() if self.resume else None
         if saved is not None:
             leaves = _matching_leaves(saved["h"], self.spec, leaves, self.out)
@@ -174,7 +175,7 @@ class _Run:
         self.rng = checkpoint.rng_states(self.generators)
         self.clock = time.perf_counter()
         if self.out is not None and self.processes.is_main:
-            self._open_run_directory(leaves[0].dtype)
+            self._open_run_directory(self.dtype)
 
     def _checkpoint(self) -> dict | None:
         """The checkpoint to resume from, checked to be this run's (its settings digest and
@@ -183,9 +184,8 @@ class _Run:
         if not (self.out / checkpoint.FILENAME).exists() and (self.out / "settings.json").exists():
             return None
         saved = checkpoint.load(self.out)
-        settings = self.settings(self.dtype)
-        check_settings(self.out, settings)  # names the keys that differ, where it can
-        if saved.get("settings_digest") != settings_digest(settings):
+        check_settings(self.out, self.settings(self.dtype))  # names the keys that differ
+        if saved.get("settings_digest") != self.digest:
             raise RunDirectoryError(f"resume: {self.out / checkpoint.FILENAME} is not a checkpoint "
                                     "of this run (its settings differ, or it records none)")
         history = saved.get("history", [])
@@ -333,7 +333,7 @@ class _Run:
             "inner_grad_evals_total": self.evals_total,
             "held_out_inner_grad_evals_total": self.held_out_evals_total,
             "time": self.elapsed + time.perf_counter() - self.clock,
-            "settings_digest": settings_digest(self.settings(self.dtype)),
+            "settings_digest": self.digest,
         }
 
     def save(self) -> None:
