@@ -20,6 +20,7 @@ accuracy; `sample_tasks(n, split="test")` draws meta-test tasks.
 
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from bilevel import InvalidInputError, checks
 from bilevel.blocks.sources import few_shot_sampler
@@ -50,8 +51,13 @@ class Digits(MLPPrior):
         x, y = digits(dtype, self.device)
         in_train = torch.isin(y, torch.tensor(self.classes["train"], device=self.device))
         _, x = standardize(x[in_train], x)
-        self.samplers = {split: self._sampler(x, y, classes)
-                         for split, classes in self.classes.items()}
+        members = {split: [x[y == c] for c in classes] for split, classes in self.classes.items()}
+        # Per split: the images of each class, padded with zeros to the largest, and counts.
+        self.images = {split: (pad_sequence(rows, batch_first=True),
+                               torch.tensor([len(r) for r in rows], device=self.device))
+                       for split, rows in members.items()}
+        self.samplers = {split: self._sampler(rows, self.classes[split])
+                         for split, rows in members.items()}
 
     def _check_classes(self, name, classes) -> tuple[int, ...]:
         classes = tuple(classes)
@@ -62,9 +68,8 @@ class Digits(MLPPrior):
                 f"{name} must hold at least ways={self.ways} classes, got {classes!r}")
         return classes
 
-    def _sampler(self, x, y, classes):
+    def _sampler(self, members, classes):
         """The task sampler of one split (`bilevel.blocks.sources.few_shot_sampler`)."""
-        members = [x[y == c] for c in classes]
         smallest = min(len(m) for m in members)
         if smallest < self.shots + self.queries:
             raise InvalidInputError(
