@@ -30,11 +30,11 @@ import dataclasses
 import torch
 from torch.func import grad, vmap
 
-from bilevel import checks
+from bilevel import checks, compiled
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators.base import estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_inner
+from bilevel.inner import solve_batch
 from bilevel.tree import tree_leaves, tree_map, tree_sq_norm
 
 # scheme -> (stencil points as multiples of nu, weights of psi(points) times nu, order)
@@ -145,27 +145,28 @@ class FOBMAML:
         nu = torch.as_tensor(self.resolve_nu(leaf.dtype, scale), dtype=leaf.dtype,
                              device=leaf.device).expand(n)  # one step per task
         weights = torch.tensor(weights, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
-        if self.warm_start_steps is None:
-            stencil_solver = solver
-            inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-        else:
+        inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
+        stencil_solver = solver
+        if self.warm_start_steps is not None:
             stencil_solver = solver.with_steps(self.warm_start_steps)
-            inits, _ = vmap(solve_inner, in_dims=(None, None, 0, None))(problem, h, tasks, solver)
+            inits, _ = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
         nus = (torch.tensor(points, dtype=leaf.dtype, device=leaf.device) * nu[:, None]).reshape(-1)
 
-        def stencil_point(h, task, init, nu):
-            def objective(phi):
-                return perturbed_objective(problem, phi, h, task, nu)
+        def objective(phi, h, task, nu):
+            return perturbed_objective(problem, phi, h, task, nu)
 
-            phi, stats = stencil_solver.run(grad(objective), init)
-            stats = stats | {LOSS_KEY: problem.val_loss(phi, h, task)}
-            return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
+        def psi(phi, h, task, nu):
+            return (grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu),
+                    {LOSS_KEY: problem.val_loss(phi, h, task)})
 
         def each_point(t):  # (n, ...) -> (n * m, ...), task-major
             return t.repeat_interleave(m, dim=0)
 
-        psis, stats = vmap(stencil_point, in_dims=(None, 0, 0, 0))(
-            h, tree_map(each_point, tasks), tree_map(each_point, inits), nus)
+        point_tasks = tree_map(each_point, tasks)
+        phis, stats = solve_batch(stencil_solver, objective, tree_map(each_point, inits),
+                                  (h, point_tasks, nus), (None, 0, 0))
+        psis, val_loss = compiled.batch(psi, in_dims=(0, None, 0, 0))(phis, h, point_tasks, nus)
+        stats |= val_loss
         _check_finite(psis, stats, nus, self.scheme)
         grads = tree_map(lambda p: torch.tensordot(
             weights, p.reshape(n, m, *p.shape[1:]), dims=2) / n, psis)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel import checks
+from bilevel import checks, compiled, devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
@@ -57,7 +57,8 @@ class MetaTrainResult:
 def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
                tasks_per_step: int, eval_every: int = 0, eval_tasks: int = 0, seed: int = 0,
                out=None, checkpoint_every: int | None = None, resume: bool = False,
-               progress: bool = True, divergence_factor: float = 1e3) -> MetaTrainResult:
+               progress: bool = True, divergence_factor: float = 1e3,
+               compile: bool | str = False, threads: int | None = None) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() for `steps` outer steps.
 
     solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
@@ -72,7 +73,13 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
     resume: continue the run in `out` from its checkpoint, bit for bit on CPU;
     divergence_factor: a blow-up that stays finite stops the run too: an inner solve whose
         final gradient norm exceeds its first by this factor, or a loss this many times the
-        run's first (in absolute value).
+        run's first (in absolute value);
+    compile: run the hypergradients and held-out solves compiled (True, or "strict": no
+        eager fallback), as `hypergradient(compile=...)`; close to eager (within float
+        round-off) but not bit for bit, so it is part of the run's settings;
+    threads: torch's CPU threads during the run (restored after); None: the environment
+        variable BILEVEL_THREADS, else 1 (`bilevel.devices.threads`): the batched work of
+        small problems runs fastest on one thread.
 
     Raises DivergenceError when a loss, an inner gradient norm or the hypergradient is not
     finite, or grows past divergence_factor (the last good checkpoint is kept); warns once
@@ -82,10 +89,11 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
     run = _Run(problem, solver=solver, method=method, outer=outer, steps=steps,
                tasks_per_step=tasks_per_step, eval_every=eval_every, eval_tasks=eval_tasks,
                seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume,
-               divergence_factor=divergence_factor)
-    interrupts = _Interrupts()
+               divergence_factor=divergence_factor, compile=compile)
+    interrupts, stack = _Interrupts(), contextlib.ExitStack()
     bar = None
     try:
+        stack.enter_context(devices.torch_threads(threads))
         run.start()
         bar = _progress_bar(progress and run.processes.is_main, steps, run.step)
         with interrupts:
@@ -107,6 +115,7 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
         if bar is not None:
             bar.close()
         distributed.stop(run.processes)
+        stack.close()
     return run.finish("completed")
 
 
@@ -115,7 +124,7 @@ class _Run:
     generators, the history; and the files of the main process."""
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
-                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor):
+                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor, compile):
         check_problem(problem)
         self.problem, self.solver = problem, as_solver(solver)
         self.method, self.method_options = _method(method)
@@ -136,6 +145,7 @@ class _Run:
                 "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
+        self.compile = compiled.check_mode(compile)
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
@@ -223,7 +233,7 @@ class _Run:
             "steps": self.steps, "tasks_per_step": self.tasks_per_step,
             "eval_every": self.eval_every, "eval_tasks": self.eval_tasks, "seed": self.seed,
             "checkpoint_every": self.checkpoint_every, "world_size": self.processes.world_size,
-            "divergence_factor": self.divergence_factor,
+            "divergence_factor": self.divergence_factor, "compile": self.compile,
             "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
             "torch": torch.__version__,
         }
@@ -241,7 +251,7 @@ class _Run:
         # "keep": a non-finite task stops the run below, as a DivergenceError.
         grad, info = hypergradient(self.problem, self.h(), tasks, solver=self.solver,
                                    method=self.method, on_non_finite="keep",
-                                   **self.method_options)
+                                   compile=self.compile, **self.method_options)
         grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, self.tasks_per_step,
                                                          self.processes))[0]
         norm = global_norm(grads)
@@ -264,8 +274,10 @@ class _Run:
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
             if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
-                means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
-                                                self.solver, self.eval_tasks, self.processes)
+                with compiled.compiling(self.compile):
+                    means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
+                                                    self.solver, self.eval_tasks,
+                                                    self.processes)
                 self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
                 self.held_out_evals_total += cost.inner_grad_evals
                 record |= means | {"held_out_inner_grad_evals": cost.inner_grad_evals}
