@@ -10,9 +10,9 @@ from bilevel import compiled
 from bilevel.solvers import is_stepwise
 
 # Inner steps per compiled call. Each call of compiled code costs ~0.1 ms on CPU (dynamo
-# checks its guards on every input), more than one step of a small problem; compiling a
-# longer chunk costs compile time (benchmarks/compiled.py).
-UNROLL = 10
+# checks its guards on every input), more than one step of a small problem; each step of a
+# chunk costs compile time, mostly dynamo tracing through torch.func (benchmarks/compiled.py).
+UNROLL = 5
 
 
 def solve_inner(problem, h, task, solver, init=None):
@@ -69,7 +69,8 @@ def run_steps(start, step, finish, steps: int, inits, args, in_dims):
     `UNROLL` steps compiled once, batched over the tasks, and called steps / UNROLL times
     (a shorter chunk for the remainder) with the index of its first step a 0-dim float64
     tensor, an input rather than a constant baked into the code: the compile time does not
-    grow with the steps. `step` uses k in arithmetic only.
+    grow with the steps. `step` uses k in arithmetic only; start and finish, a few
+    operators each, run eagerly.
     """
     if not compiled.active():
         def one_task(init, *args):
@@ -79,28 +80,22 @@ def run_steps(start, step, finish, steps: int, inits, args, in_dims):
             return finish(state)
 
         return compiled.batch(one_task, in_dims=(0, *in_dims))(inits, *args)
-    def chunk(first, state, *args, length, begins, ends):
-        """Steps first, ..., first + length - 1; from an init if `begins`, and finished
-        if `ends` (start and finish are a few operators: not worth a call each)."""
-        state = start(state) if begins else state
+    def chunk(first, state, *args, length):
         for i in range(length):
             state = step(first + i, state, *args)
-        return finish(state) if ends else state
+        return state
 
-    state, device = inits, tree_leaves(inits)[0].device
+    # vmap hands back what does not depend on the task (a step count) expanded, with
+    # stride 0: contiguous, every chunk sees the same strides and reuses one graph.
+    state = tree_map(torch.Tensor.contiguous, vmap(start)(inits))
+    device = tree_leaves(inits)[0].device
     for first in range(0, steps, UNROLL):
         length = min(UNROLL, steps - first)
-        run_chunk = compiled.batch(
-            functools.partial(chunk, length=length, begins=first == 0,
-                              ends=first + length == steps),
-            in_dims=(None, 0, *in_dims))
+        run_chunk = compiled.batch(functools.partial(chunk, length=length),
+                                   in_dims=(None, 0, *in_dims))
         state = run_chunk(torch.tensor(float(first), dtype=torch.float64, device=device),
                           state, *args)
-        # vmap hands back what does not depend on the task (a step count) expanded, with
-        # stride 0: made contiguous, every chunk after the first sees the same strides and
-        # reuses one compiled graph.
-        state = tree_map(torch.Tensor.contiguous, state)
-    return state
+    return vmap(finish)(state)
 
 
 def grad_ratio(stats: dict) -> torch.Tensor | None:
