@@ -98,9 +98,9 @@ def test_a_new_batch_of_the_same_shapes_compiles_nothing():
 
 
 def test_compile_time_does_not_grow_with_inner_steps():
-    """A stepwise solver compiles chunks of UNROLL steps (the first, a middle one and the
-    last), whatever the count: 200 steps cost no new graph against 30 (only the index of
-    a chunk's first step changes, and it is a tensor)."""
+    """A stepwise solver compiles one chunk of UNROLL steps, whatever the count: 200 steps
+    cost no new graph against 30 (only the index of a chunk's first step changes, and it
+    is a tensor)."""
     problem, h, tasks = quadratic()
     bilevel.hypergradient(problem, h, tasks, solver=bilevel.solvers.GD(lr=0.2, steps=30),
                           method="fomaml", compile="strict")
