@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,8 +65,11 @@ def measure(name, form, method, options, solver, dtype, repeats) -> dict:
     eager = call(False)
     eager_once = time.perf_counter() - start
     start = time.perf_counter()
-    fast = call(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        fast = call(True)
     compile_s = time.perf_counter() - start - eager_once
+    fallbacks = [str(w.message) for w in caught if "bilevel:" in str(w.message)]
     times = {False: [], True: []}
     for _ in range(repeats):
         for mode in (False, True):
@@ -78,7 +82,8 @@ def measure(name, form, method, options, solver, dtype, repeats) -> dict:
             "eager_s": eager_s, "compiled_s": compiled_s, "speedup": eager_s / compiled_s,
             "compile_s": compile_s,
             "break_even_steps": compile_s / saved if saved > 0 else None,
-            "relative_difference": relative_error(fast, eager)}
+            "relative_difference": relative_error(fast, eager),
+            "eager_fallbacks": fallbacks}
 
 
 def per_step_ratios(rows) -> dict:
@@ -103,8 +108,10 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     rows = [measure(*case, repeats=args.repeats) for case in cases(args.quick)]
     print(json.dumps({"device": "cpu", "threads": 1, "torch": torch.__version__,
+                      "load_average_1min": [load_before, os.getloadavg()[0]],
                       "cold_cache": not args.warm, "repeats": args.repeats, "rows": rows,
                       "over_fomaml": per_step_ratios(rows)}, indent=1))
 

@@ -96,15 +96,23 @@ def compiled_section(data) -> list[str]:
              "sinusoid workload (MLP 1-40-40-1, 25 tasks of 10 + 10 points, one CPU thread), "
              f"median of {data['repeats']} calls of each, interleaved; compile time with "
              f"{cache}. Break-even: outer steps after which compiling has paid for its "
-             "compile time. Difference: relative L2 between the two results.", "",
+             "compile time. Difference: relative L2 between the two results. The machine's "
+             "load average (1 min, 2 cores) was "
+             f"{' then '.join(f'{x:.1f}' for x in data.get('load_average_1min', []))} "
+             "(other jobs ran beside it: absolute times are inflated, ratios less so).", "",
              "| case | solver | eager [ms] | compiled [ms] | speed-up | compile [s] | "
              "break-even [steps] | difference |", "|---" * 8 + "|"]
     for r in data["rows"]:
         solver = f"{r['solver']['name']} {r['solver']['steps']}"
         even = "-" if r["break_even_steps"] is None else f"{r['break_even_steps']:.0f}"
-        lines.append(f"| {r['case']} | {solver} | {1e3 * r['eager_s']:.2f} | "
+        case = r["case"] + (" (eager fallback: see below)" if r.get("eager_fallbacks") else "")
+        lines.append(f"| {case} | {solver} | {1e3 * r['eager_s']:.2f} | "
                      f"{1e3 * r['compiled_s']:.2f} | {r['speedup']:.1f} | "
                      f"{r['compile_s']:.1f} | {even} | {r['relative_difference']:.1e} |")
+    fallbacks = sorted({m for r in data["rows"] for m in r.get("eager_fallbacks", [])})
+    if fallbacks:
+        lines += ["", "What ran eagerly instead (the warnings of `compile=True`):", ""]
+        lines += [f"- {message}" for message in fallbacks]
     if data["over_fomaml"]:
         lines += ["", "Time over fomaml's at the same 10 inner steps (B-MAML form), same "
                   "process:", "", "| method | eager | compiled |", "|---|---|---|"]
