@@ -244,23 +244,26 @@ def _geometric_mean(values: torch.Tensor) -> float:
 
 
 def _check_finite(psis, stats, nus, scheme):
-    """Raise if a perturbed solve that started finite ended with psi not finite: nu (or
-    the solver's lr) is too large for it. Solves that start from a non-finite gradient
-    (NaN in h or the task) pass their NaN on: the input, not nu, is at fault, and the
-    trainer reports it."""
+    """Raise if a perturbed solve that started finite diverged: psi not finite, or val_loss
+    not finite after a solve whose gradient norm grew (psi may stay finite while val_loss,
+    quadratic in a blown-up phi, overflows): nu (or the solver's lr) is too large for it.
+    Solves that start from a non-finite gradient (NaN in h or the task) pass their NaN on:
+    the input, not nu, is at fault, and the trainer reports it; so does a val_loss that is
+    not finite at the end of a solve that converged."""
     bad = torch.zeros_like(nus, dtype=torch.bool)
     for leaf in tree_leaves(psis):
         bad |= ~torch.isfinite(leaf.reshape(leaf.shape[0], -1)).all(1)
     start = stats.get("grad_norm_start")
     if start is not None:
-        bad &= torch.isfinite(start)
+        grew = ~(stats["grad_norm"] <= start)  # NaN counts as grown
+        bad = (bad | (~torch.isfinite(stats[LOSS_KEY]) & grew)) & torch.isfinite(start)
     if bad.any():
         where = nus[bad].tolist()
         raise StencilDivergenceError(
-            f"fo-bmaml (scheme={scheme!r}): psi is not finite at the stencil point(s) "
-            f"nu={', '.join(f'{x:.3g}' for x in sorted(set(where)))} ({len(where)} of "
-            f"{nus.numel()} perturbed solves diverged); pass a smaller nu (or nu='auto') or "
-            f"lower the solver's lr")
+            f"fo-bmaml (scheme={scheme!r}): psi or val_loss is not finite at the stencil "
+            f"point(s) nu={', '.join(f'{x:.3g}' for x in sorted(set(where)))} ({len(where)} "
+            f"of {nus.numel()} perturbed solves diverged); pass a smaller nu (or nu='auto') "
+            "or lower the solver's lr")
 
 
 class StencilDivergenceError(DivergenceError):
