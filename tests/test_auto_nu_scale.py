@@ -13,7 +13,7 @@ import bilevel
 from benchmarks import auto_nu_scale as scaled  # the quadratic with val_loss times a scale
 from bilevel.estimators.fobmaml import eps_nu
 
-SOLVER = bilevel.solvers.GD(lr=1 / 11, steps=120)
+SOLVER = bilevel.solvers.GD(lr=1 / 11, steps=180)  # converged: errors reach the round-off
 
 
 def error(problem, h, tasks, reference, nu, scheme):
@@ -47,3 +47,17 @@ def test_a_diverging_perturbed_solve_raises_naming_nu_and_the_scheme():
     problem, h, tasks, _ = scaled.setting(1e4, torch.float32)
     with pytest.raises(bilevel.DivergenceError, match=r"scheme='symmetric'.*nu=.*smaller nu"):
         bilevel.hypergradient(problem, h, tasks, solver=SOLVER, nu="eps", scheme="symmetric")
+
+
+def test_a_perturbed_solve_whose_val_loss_overflows_raises_though_psi_stays_finite():
+    """lam = 0.1, float32, nu = 10: the perturbed solves blow up, psi = lam (theta - phi)
+    stays finite but val_loss, quadratic in phi, overflows; before, the task was blamed (a
+    NonFiniteTasksError asking to check its data)."""
+    problem = scaled.Quadratic(dim=6, kappa=10.0, lam=0.1, n_tasks=3, distinct_val=True,
+                               dtype=torch.float32)
+    h, tasks = problem.init_hyper(torch.Generator().manual_seed(1)), problem.all_tasks()
+    with pytest.raises(bilevel.DivergenceError,
+                       match=r"scheme='forward'.*not finite at the stencil point\(s\) nu=10 "
+                             r"\(3 of 6 perturbed solves diverged\)"):
+        bilevel.hypergradient(problem, h, tasks, solver=bilevel.solvers.GD(lr=1 / 10.1, steps=60),
+                              nu=10.0, scheme="forward")
