@@ -46,11 +46,14 @@ def assert_stopped_with_checkpoint(directory, step):
     assert len((directory / "metrics.jsonl").read_text().splitlines()) == step
 
 
-def test_one_task_of_much_higher_curvature_stops_the_run(tmp_path):
+@pytest.mark.parametrize("solver", [bilevel.solvers.GD(lr=0.05, steps=10),
+                                    bilevel.solvers.Nesterov(lr=0.05, steps=10)],
+                         ids=["gd", "nesterov"])
+def test_one_task_of_much_higher_curvature_stops_the_run(tmp_path, solver):
     with pytest.raises(bilevel.DivergenceError,
                        match=r"diverged at step 3: an inner solve blew up: its gradient norm "
                              r"grew .*-fold over the solve .*lower the solver's lr") as error:
-        train(OneSteepTask(after=3), out=tmp_path, steps=5, checkpoint_every=1)
+        train(OneSteepTask(after=3), solver=solver, out=tmp_path, steps=5, checkpoint_every=1)
     assert error.value.step == 3
     assert_stopped_with_checkpoint(tmp_path, 2)
 
