@@ -27,7 +27,7 @@ from bilevel.problem import BilevelProblem
 # (h, task) it was checked on: meta_train calls hypergradient every step with the same.
 _checked = weakref.WeakKeyDictionary()
 _warned_unregularized = weakref.WeakSet()
-# The leaf shapes of each problem's init_hyper(), as nested dicts of shape tuples.
+# Each problem's init_hyper(), with torch.Size leaves in place of its tensors.
 _expected_hyper = weakref.WeakKeyDictionary()
 
 # Fragments of torch.func's messages, and what each means for a problem's author.
@@ -287,7 +287,7 @@ def _translate(name: str, thunk, integers=()):
                 raise InvalidInputError(f"problem.{name} {meaning} {torch_said}") from error
         if any(fragment in message for fragment in _DTYPE_FAULTS):
             cause = (f"integer task data ({', '.join(integers)}) in floating-point arithmetic?"
-                     if integers else "tensors of different dtypes in one operation")
+                     if integers else "tensors of different dtypes in one operation.")
             raise InvalidInputError(
                 f"problem.{name} mixes dtypes {torch_said}: {cause} Task data that enters "
                 "the losses' arithmetic must have h's floating dtype (convert it with "
