@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bilevel
+from bilevel.tree import tree_map
 from tests.faults import fault_problems as fp
 from tests.faults.fault_problems import DIM, SOLVER, setting
 
@@ -115,9 +116,8 @@ def test_h_in_another_dtype_than_init_hyper_fits():
     """Shapes are compared, not dtypes: float32 h and tasks on a float64 problem run, and
     agree with float64."""
     problem, h, tasks = setting()
-    low, _ = run(problem, {k: v.float() for k, v in h.items() if k != "theta"} | {
-        "theta": {"w": h["theta"]["w"].float()}}, {
-        k: v.float() if v.is_floating_point() else v for k, v in tasks.items()})
+    low, _ = run(problem, tree_map(torch.Tensor.float, h),
+                 {k: v.float() if v.is_floating_point() else v for k, v in tasks.items()})
     high, _ = run(problem, h, tasks)
     assert low["theta"]["w"].dtype == torch.float32
     torch.testing.assert_close(low["theta"]["w"].double(), high["theta"]["w"], rtol=1e-4,
