@@ -11,6 +11,7 @@ from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
 from bilevel.problem_checks import (
     all_finite,
+    check_hyper,
     check_problem_code,
     check_task_count,
     check_values,
@@ -133,17 +134,6 @@ def check_problem(problem):
         raise InvalidInputError(
             f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}"
         )
-
-
-def check_hyper(h, name: str = "h"):
-    """h: a non-empty dict of floating-point tensors; `name` says where it came from."""
-    if not isinstance(h, dict) or not h:
-        raise InvalidInputError(
-            f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}")
-    for path, leaf in tree_leaves_with_path(h):
-        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
-            raise InvalidInputError(
-                f"{name}{keystr(path)} must be a floating-point tensor, got {leaf!r}")
 
 
 def check_tasks(tasks) -> int:
