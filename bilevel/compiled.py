@@ -79,7 +79,7 @@ def batch(fn, in_dims=0):
         return batched
     key = (_function_key(fn), _hashable(in_dims))
     if key not in _cache:
-        _cache[key] = _Compiled(batched, getattr(fn, "__qualname__", repr(fn)))
+        _cache[key] = _Compiled(batched, _name(fn))
         if len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     _cache.move_to_end(key)
@@ -113,6 +113,14 @@ class _Compiled:
                           "running it eagerly", RuntimeWarning, stacklevel=2)
             self.compiled = None
             return self.eager(*args)
+
+
+def _name(fn) -> str:
+    """What a warning calls fn: its qualified name (and a partial's keywords)."""
+    if isinstance(fn, functools.partial):
+        keywords = ", ".join(f"{key}={value!r}" for key, value in fn.keywords.items())
+        return f"{_name(fn.func)}({keywords})"
+    return getattr(fn, "__qualname__", repr(fn))
 
 
 def _reason(error: Exception) -> str:
