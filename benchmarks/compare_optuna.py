@@ -9,13 +9,19 @@ solver (Nesterov, lr 0.3) stays stable; with an upper end of 3, random per-featu
 made it diverge (validation losses of 1e90). The
 bilevel side validates every 5 outer steps, each Optuna trial once; both count those
 inner solves. Each case runs `compare` once with TPE (both sides), then every other
-sampler and seed on the Optuna side only, and puts all curves in one table and figure.
-Prints JSON; writes <out>/<case>/{summary.json, compare.md, compare.png}.
+sampler and seed on the Optuna side only, then the case's variants of the bilevel side
+(`VARIANTS`: warm-started inner solves, a penalty on the hyperparameters), and puts all
+curves in one table and figure.
+Prints JSON; writes <out>/<case>/{summary.json, compare.md, compare.png}; with --docs DIR,
+also DIR/compare_optuna.{json,md} (the cases run replace those of an earlier run, the
+others are kept) and DIR/compare_<case>.png.
 Run: .venv/bin/python benchmarks/compare_optuna.py [--cases ...] [--samplers ...] [--seeds N]
+     [--docs docs/results]
 """
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,6 +57,18 @@ CASES = {
         "search": {"budget": {"inner_grad_evals": 20000},
                    "space": {"weights": {"low": -5, "high": 5, "per_coordinate": True}}}},
 }
+# Each outer step continues the unperturbed solve for 10 steps from the previous step's
+# solution and runs the stencil's solves 10 steps from there (a twentieth of the cold
+# solve's 200; the first step solves cold).
+WARM_START = {"steps": 10}
+# Against fitting 65 weights to 500 validation images: each per-feature log-weight pulled
+# toward their mean, as by a Gaussian prior of spread s = 1 (a factor e in lam) on a
+# validation loss averaged over n = 500 images: weight 1 / (n s^2). Chosen before the run,
+# not on any result.
+PENALTY = {"weight": 1 / 500, "leaves": ["log_lam.W"]}
+# Further runs of the bilevel side (seed 0) beside the case's own: side name -> config keys.
+VARIANTS = {"logreg-scalar": {"bilevel-warm": {"warm_start": WARM_START}},
+            "logreg-per-feature": {"bilevel-penalty": {"hyper_penalty": PENALTY}}}
 
 
 def run_case(name: str, samplers: list, seeds: int, out: Path) -> dict:
@@ -70,11 +88,22 @@ def run_case(name: str, samplers: list, seeds: int, out: Path) -> dict:
                                      points["best_val_loss"])
                 tests[side] = {k: row.get(k) for k in ("test_loss", "test_accuracy")}
                 runs[side] = record["directory"]
+    for side, changes in VARIANTS.get(name, {}).items():
+        record = compare(from_dict(CASES[name] | changes | {"seed": 0}), out=out / name / side,
+                         only="bilevel")
+        saved = json.loads((Path(record["directory"]) / "compare.json").read_text())
+        (row,) = record["table"]
+        points = saved["curves"]["bilevel"]
+        curves[side] = Curve(side, points["cost"], points["seconds"], points["best_val_loss"])
+        tests[side] = {k: row.get(k) for k in ("test_loss", "test_accuracy")}
+        runs[side] = record["directory"]
     table = rows(curves, tests)
     budget = CASES[name]["search"]["budget"]["inner_grad_evals"]
     plot(out / name / "compare.png", curves, f"{name}: {budget} inner gradient evaluations")
     (out / name / "compare.md").write_text(markdown(table))
-    summary = {"case": name, "budget_inner_grad_evals": budget, "table": table, "runs": runs}
+    summary = {"case": name, "budget_inner_grad_evals": budget, "samplers": samplers,
+               "seeds": seeds, "variants": VARIANTS.get(name, {}), "table": table,
+               "runs": runs}
     (out / name / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -86,9 +115,51 @@ def main(argv=None) -> None:
                         choices=["tpe", "random", "cmaes", "gp"])
     parser.add_argument("--seeds", type=int, default=1, help="Optuna seeds per sampler")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_optuna"))
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="also write compare_optuna.{json,md} and the figures here")
     args = parser.parse_args(argv)
     results = [run_case(name, args.samplers, args.seeds, args.out) for name in args.cases]
+    if args.docs is not None:
+        write_docs(args.docs, args.out, results)
     print(json.dumps(results, indent=2))
+
+
+def write_docs(directory: Path, out: Path, results: list) -> None:
+    """directory/compare_optuna.json (every case, those just run replacing earlier ones),
+    compare_optuna.md (its tables) and compare_<case>.png."""
+    path = directory / "compare_optuna.json"
+    kept = json.loads(path.read_text()) if path.exists() else []
+    fresh = {r["case"] for r in results}
+    cases = sorted([r for r in kept if r["case"] not in fresh] + results,
+                   key=lambda r: list(CASES).index(r["case"]))
+    path.write_text(json.dumps(cases, indent=2) + "\n")
+    for result in results:
+        shutil.copyfile(out / result["case"] / "compare.png",
+                        directory / f"compare_{result['case'].replace('-', '_')}.png")
+    (directory / "compare_optuna.md").write_text(docs_markdown(cases))
+
+
+def docs_markdown(cases: list) -> str:
+    lines = ["# FO-B-MAML against Optuna on the same budget", "",
+             "Generated by `benchmarks/compare_optuna.py --docs docs/results` from "
+             "`compare_optuna.json`; do not edit by hand. Settings and protocol: "
+             "[docs/compare.md](../compare.md#results). \"cost to 1%\": inner gradient "
+             "evaluations until the side's best validation loss so far is within 1% of the "
+             "best of all the rows of its table (\"-\": never); test numbers are at the "
+             "side's final h (Optuna: its best trial). Sides `optuna-<sampler>-<seed>`; "
+             "`bilevel` is the config as written, `bilevel-<variant>` the same with the "
+             "config keys below.", ""]
+    for case in cases:
+        lines += [f"## {case['case']}", "",
+                  f"Budget: {case['budget_inner_grad_evals']:,} inner gradient evaluations."]
+        if "samplers" in case:
+            seeds = "seed 0" if case["seeds"] == 1 else f"seeds 0-{case['seeds'] - 1}"
+            lines[-1] += f" Samplers {', '.join(case['samplers'])}, {seeds}."
+        for side, changes in case.get("variants", {}).items():
+            lines[-1] += f" `{side}`: `{json.dumps(changes)}`."
+        lines += ["", markdown(case["table"]),
+                  f"![{case['case']}](compare_{case['case'].replace('-', '_')}.png)", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
