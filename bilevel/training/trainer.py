@@ -32,11 +32,11 @@ from bilevel.info import LOSS_KEY
 from bilevel.registry import name_and_options
 from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
+from bilevel.training import warm_start as warm_starts
 from bilevel.training.hyper_penalty import HyperPenalty
 from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_finite, run_generator
 from bilevel.training.optimizers import OuterOptimizer, global_norm
 from bilevel.training.rundir import RunDirectory, check_settings, settings_digest
-from bilevel.training.warm_start import WarmStart, WarmStarts, stats_scalars
 
 # Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
 # error names them.
@@ -149,8 +149,9 @@ class _Run:
                 "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
-        self.warm_start = WarmStart.parse(warm_start)
-        self.warm = None if self.warm_start is None else WarmStarts(self.warm_start, problem)
+        self.warm_start = warm_starts.WarmStart.parse(warm_start)
+        self.warm = (None if self.warm_start is None
+                     else warm_starts.WarmStarts(self.warm_start, problem))
         self.hyper_penalty = HyperPenalty.parse(hyper_penalty)
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
@@ -271,10 +272,7 @@ class _Run:
         if self.warm is not None:
             (problem, tasks, solver), warm, stats, steps = self.warm.prepare(
                 self.h(), tasks, self.solver, t)
-            warm_entries = [("warm_start_inner_grad_evals",
-                             torch.tensor(float(steps * n_local), dtype=torch.float64,
-                                          device=self.device), "sum"),
-                            *stats_scalars(stats, self.device)]
+            warm_entries = warm_starts.scalars(stats, steps * n_local, self.device)
         # "keep": a non-finite task stops the run below, as a DivergenceError.
         grad, info = hypergradient(problem, self.h(), tasks, solver=solver,
                                    method=self.method, on_non_finite="keep",

@@ -91,16 +91,17 @@ def fingerprint(tasks) -> str:
     return digest.hexdigest()
 
 
-def stats_scalars(stats: dict, device) -> list:
-    """The warm solves' final gradient norms and how far they got, as `Info.scalars`
-    entries: warm_start_grad_norm_{mean,max}, and warm_start_grad_ratio_{mean,max}: the
-    final gradient norm over the first of the first step's cold solve (which
-    `meta_train`'s warning on unconverged solves reads instead of the estimator's
-    inner_grad_ratio: those solves start at a near-solution)."""
+def scalars(stats: dict, evals: int, device) -> list:
+    """What the warm solves log, as `Info.scalars` entries: warm_start_inner_grad_evals
+    (`evals`, their cost), warm_start_grad_norm_{mean,max} (their final gradient norms)
+    and warm_start_grad_ratio_{mean,max}: those norms over the first gradient norm of the
+    first step's cold solve (which `meta_train`'s warning on unconverged solves reads
+    instead of the estimator's inner_grad_ratio: its solves start at a near-solution)."""
     values = {"warm_start_grad_norm": stats["grad_norm"]}
     if "grad_ratio" in stats:
         values["warm_start_grad_ratio"] = stats["grad_ratio"]
-    entries = []
+    entries = [("warm_start_inner_grad_evals",
+                torch.tensor(float(evals), dtype=torch.float64, device=device), "sum")]
     for name, value in values.items():
         value = value.detach().to(device=device, dtype=torch.float64)
         entries += [(f"{name}_mean", value.mean(), "mean"), (f"{name}_max", value.max(), "max")]
@@ -118,9 +119,9 @@ class WarmStarts:
         self.phi = self.tasks_digest = self.start_norm = None
 
     def prepare(self, h, tasks, solver, step: int):
-        """(problem, tasks, solver) for the estimator at outer step `step`, the new
-        solutions and their digest (to `commit` when the step completes), the warm solves'
-        stats and their cost per task."""
+        """(problem, tasks, solver) for the estimator at outer step `step`; the new state
+        (to `commit` when the step completes); the warm solves' stats and their cost in
+        inner gradient evaluations per task."""
         digest = fingerprint(tasks)
         if self.tasks_digest is not None and digest != self.tasks_digest:
             raise InvalidInputError(
