@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bilevel.compare import compare  # noqa: E402
 from bilevel.compare.curves import Curve  # noqa: E402
-from bilevel.compare.report import markdown, plot, rows  # noqa: E402
+from bilevel.compare.report import markdown, rows  # noqa: E402
 from bilevel.config import from_dict  # noqa: E402
 
 LOGREG_SOLVER = {"name": "nesterov", "lr": 0.3, "steps": 200, "momentum": 0.8}
@@ -46,6 +46,10 @@ CASES = {
     "logreg-per-feature": COMMON | {
         "problem": {"name": "logreg", "n_train": 500, "n_val": 500, "lam": 0.01,
                     "per_feature": True},
+        # At step 75 one stencil solve's gradient norm grows 3,840-fold (a weight near the
+        # Nesterov solver's stability limit), once; the default factor (1,000) would stop
+        # the run there. Allowed, so that the run goes on as it did before the check.
+        "divergence_factor": 1e6,
         "solver": LOGREG_SOLVER, "outer": {"name": "adam", "lr": 0.1},
         "search": {"budget": {"inner_grad_evals": 40000},
                    "space": {"log_lam.W": {"low": -10, "high": 1, "per_coordinate": True},
@@ -99,13 +103,66 @@ def run_case(name: str, samplers: list, seeds: int, out: Path) -> dict:
         runs[side] = record["directory"]
     table = rows(curves, tests)
     budget = CASES[name]["search"]["budget"]["inner_grad_evals"]
-    plot(out / name / "compare.png", curves, f"{name}: {budget} inner gradient evaluations")
+    figure(out / name / "compare.png", curves, f"{name}: {budget:,} inner gradient evaluations")
     (out / name / "compare.md").write_text(markdown(table))
     summary = {"case": name, "budget_inner_grad_evals": budget, "samplers": samplers,
                "seeds": seeds, "variants": VARIANTS.get(name, {}), "table": table,
                "runs": runs}
     (out / name / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def figure(path: Path, curves: dict, title: str) -> None:
+    """Best validation loss so far against cost and against wall seconds, both on log
+    scales: one colour per sampler (and per bilevel run), one line style per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = ["-", "--", ":", "-."]
+    families = list(dict.fromkeys(side.rstrip("0123456789").rstrip("-") for side in curves))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for side, curve in curves.items():
+        family = side.rstrip("0123456789").rstrip("-")
+        seed = side[len(family) + 1:]
+        style = {"color": f"C{families.index(family)}",
+                 "linestyle": styles[int(seed) % len(styles)] if seed else "-",
+                 "linewidth": 2.2 if family.startswith("bilevel") else 1.2}
+        axes[0].step(curve.cost, curve.best, where="post", label=side, **style)
+        axes[1].step(curve.seconds, curve.best, where="post", label=side, **style)
+    axes[0].set_xlabel("inner gradient evaluations (+ HVPs), log scale")
+    axes[1].set_xlabel("wall seconds, log scale")
+    best = min(c.best[-1] for c in curves.values() if c.best)
+    for axis in axes:
+        axis.axhline(best + 0.01 * abs(best), color="grey", linewidth=0.8, linestyle="--")
+        axis.set_xscale("log")
+        axis.set_ylabel("best validation loss so far")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{title} (grey: within 1% of the best)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def redraw(out: Path, docs: Path | None, cases: list) -> None:
+    """The figures of `cases` again, from the curves in their run directories (the
+    summary.json of an earlier run under `out`), without running anything."""
+    for name in cases:
+        summary = json.loads((out / name / "summary.json").read_text())
+        curves = {}
+        for side, directory in summary["runs"].items():
+            saved = json.loads((Path(directory) / "compare.json").read_text())["curves"]
+            points = saved["bilevel" if side.startswith("bilevel") else
+                           side.rstrip("0123456789").rstrip("-")]
+            curves[side] = Curve(side, points["cost"], points["seconds"],
+                                 points["best_val_loss"])
+        budget = summary["budget_inner_grad_evals"]
+        figure(out / name / "compare.png", curves,
+               f"{name}: {budget:,} inner gradient evaluations")
+        if docs is not None:
+            shutil.copyfile(out / name / "compare.png",
+                            docs / f"compare_{name.replace('-', '_')}.png")
 
 
 def main(argv=None) -> None:
@@ -117,7 +174,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare_optuna"))
     parser.add_argument("--docs", type=Path, default=None,
                         help="also write compare_optuna.{json,md} and the figures here")
+    parser.add_argument("--redraw", action="store_true",
+                        help="only redraw the figures of --cases from the runs under --out")
     args = parser.parse_args(argv)
+    if args.redraw:
+        redraw(args.out, args.docs, args.cases)
+        return
     results = [run_case(name, args.samplers, args.seeds, args.out) for name in args.cases]
     if args.docs is not None:
         write_docs(args.docs, args.out, results)
