@@ -15,6 +15,9 @@ Measured 2026-11-26 (2-core shared CPU, torch 2.13 CPU, load ~2): median paired 
 ratio of medians 1.014 (21.9 vs 21.6 ms per call); the checks alone 0.14 ms (0.7%); the
 first call's one-time check of the problem 1.1 s. Under heavier load the paired ratio
 ranged 0.996-1.039 while the checks alone stayed at 0.5-0.9% of a call.
+With h checked against init_hyper() too (once per problem and signature, with the problem's
+code): three runs (load ~2.5) gave median paired ratios 1.018, 0.998, 0.968 and the checks
+alone 0.7%, 0.3%, 1.0% of a call; the code before it, in the same session, 1.009 and 0.4%.
 """
 
 import json

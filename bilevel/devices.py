@@ -1,5 +1,6 @@
-"""Device and dtype names, as written in Python or YAML, to torch objects."""
+"""Device and dtype names, as written in Python or YAML, to torch objects; CPU threads."""
 
+import contextlib
 import os
 
 import torch
@@ -36,3 +37,36 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise InvalidInputError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {name!r}")
     return DTYPES[name]
+
+
+THREADS_VARIABLE = "BILEVEL_THREADS"
+
+
+def threads(requested: int | None = None) -> int:
+    """torch's CPU threads for a run: `requested`, else the environment variable
+    BILEVEL_THREADS, else 1. The batched per-task work of small problems is a long chain
+    of small operators; on one thread each costs microseconds, while spreading it over
+    threads costs more in synchronisation than it saves (docs/results/benchmarks.md)."""
+    if requested is None:
+        variable = os.environ.get(THREADS_VARIABLE)
+        if variable is None:
+            return 1
+        try:
+            requested = int(variable)
+        except ValueError:
+            raise InvalidInputError(
+                f"{THREADS_VARIABLE} must be a whole number >= 1, got {variable!r}") from None
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise InvalidInputError(f"threads must be a whole number >= 1, got {requested!r}")
+    return requested
+
+
+@contextlib.contextmanager
+def torch_threads(requested: int | None = None):
+    """Inside: torch runs on `threads(requested)` CPU threads; the count is restored after."""
+    count, before = threads(requested), torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)

@@ -5,12 +5,13 @@ import dataclasses
 import torch
 from torch.utils._pytree import keystr, tree_leaves, tree_leaves_with_path, tree_map
 
-from bilevel import checks
+from bilevel import checks, compiled
 from bilevel.errors import InvalidInputError, NonFiniteTasksError
 from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
 from bilevel.problem_checks import (
     all_finite,
+    check_hyper,
     check_problem_code,
     check_task_count,
     check_values,
@@ -23,7 +24,7 @@ ON_NON_FINITE = ("raise", "drop", "keep")
 
 
 def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
-                  on_non_finite: str = "raise", **options):
+                  on_non_finite: str = "raise", compile: bool | str = False, **options):
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 
     problem: a `BilevelProblem`.
@@ -39,6 +40,10 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
         "raise" (NonFiniteTasksError naming them), "drop" (average over the other tasks,
         the cost of both calls counted) or "keep" (return the non-finite average, and leave
         NaN/Inf in h and tasks unchecked: the caller watches for them, as meta_train does).
+    compile: True runs the estimator's batched per-task work compiled by `torch.compile`
+        (`bilevel.compiled`: compiled at the first call for the problem, solver, estimator,
+        shapes, dtype and device, reused after), falling back to eager with a warning for
+        what cannot be compiled; "strict" raises `bilevel.compiled.CompileError` instead.
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info is a
     `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
@@ -57,16 +62,21 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string, got {method!r}")
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
+    compiled.check_mode(compile)
     estimator = estimators.build(method, options, argument=f"hypergradient(method={method!r})")
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
     h, tasks = detach(h), detach(tasks)
     check_problem_code(problem, h, tasks)
     warn_if_unregularized(problem, method, getattr(estimator, "assumes_converged_inner", False))
-    grad, info = estimator(problem, h, tasks, solver)
-    if _all_finite(grad, info):
-        return grad, info
-    return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
+    reason = getattr(estimator, "not_compiled", None)
+    if reason is not None:
+        compile = compiled.eager_instead(compile, f"method {method!r}", reason)
+    with compiled.compiling(compile):
+        grad, info = estimator(problem, h, tasks, solver)
+        if _all_finite(grad, info):
+            return grad, info
+        return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
 
 
 def _all_finite(grad, info) -> bool:
@@ -124,17 +134,6 @@ def check_problem(problem):
         raise InvalidInputError(
             f"problem must be a bilevel.BilevelProblem, got {type(problem).__name__}"
         )
-
-
-def check_hyper(h, name: str = "h"):
-    """h: a non-empty dict of floating-point tensors; `name` says where it came from."""
-    if not isinstance(h, dict) or not h:
-        raise InvalidInputError(
-            f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}")
-    for path, leaf in tree_leaves_with_path(h):
-        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
-            raise InvalidInputError(
-                f"{name}{keystr(path)} must be a floating-point tensor, got {leaf!r}")
 
 
 def check_tasks(tasks) -> int:

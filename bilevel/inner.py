@@ -1,7 +1,18 @@
 """The inner problem of one task and the outer objective it defines."""
 
+import functools
+
 import torch
 from torch.func import grad, vmap
+from torch.utils._pytree import tree_leaves, tree_map
+
+from bilevel import compiled
+from bilevel.solvers import is_stepwise
+
+# Inner steps per compiled call. Each call of compiled code costs ~0.1 ms on CPU (dynamo
+# checks its guards on every input), more than one step of a small problem; each step of a
+# chunk costs compile time, mostly dynamo tracing through torch.func (benchmarks/compiled.py).
+UNROLL = 5
 
 
 def solve_inner(problem, h, task, solver, init=None):
@@ -18,12 +29,73 @@ def at_inner_solutions(metric, problem, h, tasks, solver, *, with_stats: bool = 
     `with_stats`, also the solver's stats of every task. Costs solver.steps inner gradient
     evaluations per task."""
 
-    def one_task(task):
-        phi, stats = solve_inner(problem, h, task, solver)
-        return metric(phi, h, task), stats
-
-    values, stats = vmap(one_task)(tasks)
+    inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
+    phi, stats = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
+    values = compiled.batch(metric, in_dims=(0, None, 0))(phi, h, tasks)
     return (values, stats) if with_stats else values
+
+
+def solve_batch(solver, objective, inits, args, in_dims):
+    """phi_K and the solver's stats of every task, stacked: argmin_phi objective(phi, *a)
+    for each task's arguments `a` (`args` batched as `in_dims` says, vmap's convention),
+    from its row of `inits` (leading dim: the tasks).
+
+    Eagerly, the whole solve of one task is vmapped. Compiled (`bilevel.compiled`), a
+    stepwise solver's step is compiled once, batched over the tasks, and run `steps` times,
+    its step index a tensor (so the compile time does not grow with the steps); a solver
+    that only defines `run` is compiled whole.
+    """
+    if not is_stepwise(solver):
+        def one_solve(init, *args):
+            return solver.run(grad(lambda phi: objective(phi, *args)), init)
+
+        return compiled.batch(one_solve, in_dims=(0, *in_dims))(inits, *args)
+
+    def one_step(k, state, *args):
+        return solver.step(k, *state, grad(lambda phi: objective(phi, *args)))
+
+    def finish(state):
+        return solver.finish(*state)
+
+    return run_steps(solver.start, one_step, finish, solver.steps, inits, args, in_dims)
+
+
+def run_steps(start, step, finish, steps: int, inits, args, in_dims):
+    """finish(state_K) for every task, where state_0 = start(init) and state_{k+1} =
+    step(k, state_k, *a), a task's row of `inits` and its arguments `a` (`args` batched as
+    `in_dims` says).
+
+    Eagerly: the whole loop of one task, vmapped. Compiled (`bilevel.compiled`): a chunk of
+    `UNROLL` steps compiled once, batched over the tasks, and called steps / UNROLL times
+    (a shorter chunk for the remainder) with the index of its first step a 0-dim float64
+    tensor, an input rather than a constant baked into the code: the compile time does not
+    grow with the steps. `step` uses k in arithmetic only; start and finish, a few
+    operators each, run eagerly.
+    """
+    if not compiled.active():
+        def one_task(init, *args):
+            state = start(init)
+            for k in range(steps):
+                state = step(k, state, *args)
+            return finish(state)
+
+        return compiled.batch(one_task, in_dims=(0, *in_dims))(inits, *args)
+    def chunk(first, state, *args, length):
+        for i in range(length):
+            state = step(first + i, state, *args)
+        return state
+
+    # vmap hands back what does not depend on the task (a step count) expanded, with
+    # stride 0: contiguous, every chunk sees the same strides and reuses one graph.
+    state = tree_map(torch.Tensor.contiguous, vmap(start)(inits))
+    device = tree_leaves(inits)[0].device
+    for first in range(0, steps, UNROLL):
+        length = min(UNROLL, steps - first)
+        run_chunk = compiled.batch(functools.partial(chunk, length=length),
+                                   in_dims=(None, 0, *in_dims))
+        state = run_chunk(torch.tensor(float(first), dtype=torch.float64, device=device),
+                          state, *args)
+    return vmap(finish)(state)
 
 
 def grad_ratio(stats: dict) -> torch.Tensor | None:

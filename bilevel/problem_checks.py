@@ -4,7 +4,9 @@ leaf or the method, never a functorch traceback or a silently wrong result.
 
     check_values(h, tasks)      every floating leaf finite; one floating dtype in h and in
                                 the floating task data (integer leaves, e.g. labels, pass)
-    check_problem_code(...)     train_loss, val_loss, inner_init, lam called once on task 0
+    check_hyper(h)              a non-empty dict of floating-point tensors
+    check_problem_code(...)     h shaped like problem.init_hyper() (`check_hyper_shapes`);
+                                train_loss, val_loss, inner_init, lam called once on task 0
                                 outside vmap, then differentiated and vmapped over 2 tasks;
                                 cached per problem and per structure of (h, tasks)
 
@@ -19,11 +21,14 @@ from torch.func import grad, vmap
 from torch.utils._pytree import keystr, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map
 
 from bilevel.errors import InvalidInputError
+from bilevel.problem import BilevelProblem
 
 # Problems already checked, each with the signatures (structure, shapes, dtypes) of the
 # (h, task) it was checked on: meta_train calls hypergradient every step with the same.
 _checked = weakref.WeakKeyDictionary()
 _warned_unregularized = weakref.WeakSet()
+# Each problem's init_hyper(), with torch.Size leaves in place of its tensors.
+_expected_hyper = weakref.WeakKeyDictionary()
 
 # Fragments of torch.func's messages, and what each means for a problem's author.
 _KNOWN_FAULTS = (
@@ -40,6 +45,10 @@ _KNOWN_FAULTS = (
      "writes into a tensor in place (x += ..., x.mul_(...), x[i] = ...), which cannot run "
      "batched over tasks under torch.func.vmap: write x = x + ... instead"),
 )
+# Fragments of torch's messages when one operation mixes dtypes, e.g. integer task data in
+# floating-point arithmetic: "expected scalar type Float but found Long", "... must have the
+# same dtype, but got Double, Long", "result type Float can't be cast to ... Long".
+_DTYPE_FAULTS = ("same dtype", "scalar type", "can't be cast to the desired output type")
 
 
 def all_finite(leaves) -> bool:
@@ -48,6 +57,17 @@ def all_finite(leaves) -> bool:
     if not leaves:
         return True
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(leaves, float("inf")))).all())
+
+
+def check_hyper(h, name: str = "h"):
+    """h: a non-empty dict of floating-point tensors; `name` says where it came from."""
+    if not isinstance(h, dict) or not h:
+        raise InvalidInputError(
+            f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}")
+    for path, leaf in tree_leaves_with_path(h):
+        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
+            raise InvalidInputError(
+                f"{name}{keystr(path)} must be a floating-point tensor, got {leaf!r}")
 
 
 def check_values(h, tasks, finite: bool = True) -> None:
@@ -111,8 +131,9 @@ def _signature(h, tasks):
 
 
 def check_problem_code(problem, h, tasks) -> None:
-    """Call the problem's methods on task 0 and on a batch of (up to) 2 tasks, once per
-    problem and signature of (h, tasks); raise InvalidInputError naming the method."""
+    """Check h against init_hyper (`check_hyper_shapes`), then call the problem's methods on
+    task 0 and on a batch of (up to) 2 tasks, once per problem and signature of (h, tasks);
+    raise InvalidInputError naming the leaf or the method."""
     try:
         key = _signature(h, tasks)
         seen = _checked.setdefault(problem, set())
@@ -120,19 +141,105 @@ def check_problem_code(problem, h, tasks) -> None:
         key, seen = None, set()
     if key is not None and key in seen:
         return
+    check_hyper_shapes(problem, h)
+    integers = [name for name, leaf in _named(tasks, "tasks") if not leaf.is_floating_point()]
     task0 = tree_map(lambda t: t[0].clone(), tasks)
     h0 = tree_map(torch.clone, h)
-    phi = _call(problem, "inner_init", (h0, task0), h0, task0)
+    phi = _call(problem, "inner_init", (h0, task0), h0, task0, integers=integers)
     _check_phi(phi)
     for name in ("train_loss", "val_loss"):
-        _check_scalar(name, _call(problem, name, (phi, h0, task0), h0, task0, phi))
+        _check_scalar(name, _call(problem, name, (phi, h0, task0), h0, task0, phi, integers))
     _check_lam(problem, h0, phi)
-    _translate("train_loss", lambda: grad(problem.train_loss)(phi, h0, task0))
+    _translate("train_loss", lambda: grad(problem.train_loss)(phi, h0, task0), integers)
     pair = tree_map(lambda t: t[:2], tasks)
     for name in ("inner_init", "train_loss", "val_loss"):
-        _translate(name, lambda name=name: vmap(_batched(problem, name, h))(pair))
-    _translate("train_loss", lambda: vmap(_batched(problem, "inner_objective", h, grad))(pair))
+        _translate(name, lambda name=name: vmap(_batched(problem, name, h))(pair), integers)
+    _translate("train_loss", lambda: vmap(_batched(problem, "inner_objective", h, grad))(pair),
+               integers)
     seen.add(key)
+
+
+def check_hyper_shapes(problem, h) -> None:
+    """h holds the keys and leaf shapes of `problem.init_hyper()` (dtype and device may
+    differ): a missing, extra or misshapen leaf is an InvalidInputError naming it and what
+    the problem expects. init_hyper is called once per problem, with a seeded generator of
+    its own and the global random state restored, and only its shapes are kept.
+
+    One exception: with the default `lam` (exp(h["log_lam"]), which reads a scalar, one
+    value per tensor or one per coordinate alike), h["log_lam"] may take any of those forms
+    whatever init_hyper's is; its fit to phi is `_check_lam`'s.
+    """
+    expected = _expected_hyper.get(problem) if _weakrefable(problem) else None
+    if expected is None:
+        with torch.random.fork_rng(devices=[]):
+            fresh = problem.init_hyper(torch.Generator().manual_seed(0))
+        name = f"{type(problem).__name__}.init_hyper()"
+        check_hyper(fresh, name=name)
+        expected = tree_map(lambda leaf: leaf.shape, fresh)
+        if _weakrefable(problem):
+            _expected_hyper[problem] = expected
+    free = ("log_lam",) if type(problem).lam is BilevelProblem.lam else ()
+    _compare_hyper(h, expected, "h", type(problem).__name__, free)
+
+
+def _weakrefable(problem) -> bool:
+    try:
+        weakref.ref(problem)
+        hash(problem)
+    except TypeError:
+        return False
+    return True
+
+
+def _compare_hyper(got, expected, where: str, owner: str, free=()) -> None:
+    """Walk h (`got`) beside init_hyper's shapes (`expected`: torch.Size leaves); raise at
+    the first misfit. Keys in `free` (top level only) need only be present."""
+    source = f"{owner}.init_hyper()"
+    if isinstance(expected, torch.Size):
+        if not isinstance(got, torch.Tensor) or got.shape != expected:
+            found = (f"has shape {tuple(got.shape)}" if isinstance(got, torch.Tensor)
+                     else f"is {_describe(got)}")
+            raise InvalidInputError(
+                f"{where} {found}, but the problem expects a tensor of shape {tuple(expected)} "
+                f"(as {source} gives)")
+    elif isinstance(expected, dict):
+        if not isinstance(got, dict):
+            raise InvalidInputError(
+                f"{where} is {_describe(got)}, but the problem expects a dict with "
+                f"keys {sorted(expected)} there (as {source} gives)")
+        for key in expected:
+            if key not in got:
+                raise InvalidInputError(
+                    f"{where} has no key {key!r}: the problem expects {where}[{key!r}] "
+                    f"({_describe(expected[key])}, as {source} gives); {where} has keys "
+                    f"{sorted(got)}")
+        for key in got:
+            if key not in expected:
+                raise InvalidInputError(
+                    f"{where}[{key!r}] is not a hyperparameter of this problem ({source} "
+                    f"has keys {sorted(expected)} there): remove it")
+        for key in expected:
+            if key not in free:
+                _compare_hyper(got[key], expected[key], f"{where}[{key!r}]", owner)
+    else:  # a list or tuple of leaves
+        if type(got) is not type(expected) or len(got) != len(expected):
+            raise InvalidInputError(
+                f"{where} is {_describe(got)}, but the problem expects {_describe(expected)} "
+                f"(as {source} gives)")
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            _compare_hyper(a, b, f"{where}[{i}]", owner)
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        value = value.shape
+    if isinstance(value, torch.Size):
+        return f"a tensor of shape {tuple(value)}"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(value)}"
+    if isinstance(value, list | tuple):
+        return f"a {type(value).__name__} of {len(value)} entries"
+    return f"{type(value).__name__} {value!r:.40}"
 
 
 def _batched(problem, name, h, transform=None):
@@ -148,12 +255,13 @@ def _batched(problem, name, h, transform=None):
     return one_task
 
 
-def _call(problem, name, args, h, task, phi=None):
-    """problem.<name>(*args), checking that it left h, the task data and phi unchanged."""
+def _call(problem, name, args, h, task, phi=None, integers=()):
+    """problem.<name>(*args), checking that it left h, the task data and phi unchanged;
+    `integers`: the names of the integer task leaves (see `_translate`)."""
     watched = {"phi": phi if phi is not None else {}, "h": h, "tasks": task}
     before = {(arg, keystr(p)): leaf._version for arg, tree in watched.items()
               for p, leaf in tree_leaves_with_path(tree)}
-    result = _translate(name, lambda: getattr(problem, name)(*args))
+    result = _translate(name, lambda: getattr(problem, name)(*args), integers)
     for arg, tree in watched.items():
         for path, leaf in tree_leaves_with_path(tree):
             if leaf._version != before[(arg, keystr(path))]:
@@ -165,18 +273,25 @@ def _call(problem, name, args, h, task, phi=None):
     return result
 
 
-def _translate(name: str, thunk):
+def _translate(name: str, thunk, integers=()):
     """thunk(), with torch.func's errors that a problem's author can fix turned into an
-    InvalidInputError naming the method; any other error is re-raised untouched."""
+    InvalidInputError naming the method; any other error is re-raised untouched. A dtype
+    mismatch names `integers`, the integer task leaves, the likely cause."""
     try:
         return thunk()
     except RuntimeError as error:
         message = str(error)
+        torch_said = f"(torch said: {message.splitlines()[0]})"
         for fragment, meaning in _KNOWN_FAULTS:
             if fragment in message:
-                raise InvalidInputError(
-                    f"problem.{name} {meaning} (torch said: {message.splitlines()[0]})"
-                ) from error
+                raise InvalidInputError(f"problem.{name} {meaning} {torch_said}") from error
+        if any(fragment in message for fragment in _DTYPE_FAULTS):
+            cause = (f"integer task data ({', '.join(integers)}) in floating-point arithmetic?"
+                     if integers else "tensors of different dtypes in one operation.")
+            raise InvalidInputError(
+                f"problem.{name} mixes dtypes {torch_said}: {cause} Task data that enters "
+                "the losses' arithmetic must have h's floating dtype (convert it with "
+                ".to(dtype)); integer leaves may only index or label") from error
         raise
 
 

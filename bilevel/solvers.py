@@ -19,7 +19,7 @@ import torch
 from bilevel import checks
 from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
-from bilevel.tree import tree_map, tree_sq_norm
+from bilevel.tree import tree_leaves, tree_map, tree_sq_norm
 
 solvers = Registry("solver")
 
@@ -45,14 +45,37 @@ class InnerSolver(abc.ABC):
     name: the name the solver is registered under (`solvers`), which records and configs
         use; the class's qualified name if unregistered.
 
+    Implement either `run`, or the solve one step at a time (then `run` is their loop):
+        start(init) -> (x, aux): the iterates x (a tuple of pytrees shaped like phi, the
+            only state a tangent is pushed through) and the rest of the state (aux, a
+            dict of tensors);
+        step(k, x, aux, grad_fn) -> (x, aux): step k (an int, or a 0-dim tensor in the
+            compiled path: arithmetic only, no Python branch on it), one call of grad_fn;
+        finish(x, aux) -> (phi, stats).
+    A stepwise solver runs its steps as one compiled batched function when asked
+    (`compile=True`, bilevel.compiled) and gives fo-bmaml-jvp its tangent recursion;
+    a solver with `run` only is compiled whole (unrolled) or runs eagerly.
+
     Optional: `lr`, a step size: reptile divides by steps * lr.
     """
 
     steps: int
 
-    @abc.abstractmethod
     def run(self, grad_fn, init):
         """(phi_K, {"grad_norm": ..., "steps": ...}) after `steps` steps from `init`."""
+        x, aux = self.start(init)
+        for k in range(self.steps):
+            x, aux = self.step(k, x, aux, grad_fn)
+        return self.finish(x, aux)
+
+    def start(self, init):
+        raise NotImplementedError(f"{type(self).__qualname__} implements neither run nor start")
+
+    def step(self, k, x, aux, grad_fn):
+        raise NotImplementedError(f"{type(self).__qualname__} implements neither run nor step")
+
+    def finish(self, x, aux):
+        raise NotImplementedError(f"{type(self).__qualname__} implements neither run nor finish")
 
     def with_steps(self, steps: int) -> "InnerSolver":
         return dataclasses.replace(self, steps=steps)
@@ -60,6 +83,15 @@ class InnerSolver(abc.ABC):
     @property
     def name(self) -> str:
         return solver_name(self)
+
+
+def is_stepwise(solver) -> bool:
+    """Whether `solver` defines its solve one step at a time (`InnerSolver.step`); a
+    wrapper of another solver says so by a `stepwise` attribute."""
+    stepwise = getattr(solver, "stepwise", None)
+    if stepwise is not None:
+        return stepwise
+    return getattr(type(solver), "step", InnerSolver.step) is not InnerSolver.step
 
 
 def solver_name(solver) -> str:
@@ -84,9 +116,40 @@ def _where(active, new, old):
     return tree_map(lambda a, b: torch.where(active, a, b), new, old)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stepwise(InnerSolver):
+    """The bookkeeping that GD and Nesterov share: gradient norms, and with `tol` the
+    mask of tasks still moving and the count of their steps."""
+
+    def start(self, init):
+        leaf = tree_leaves(init)[0]
+        zero = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
+        aux = {"grad_norm": zero, "grad_norm_start": zero - 1,  # < 0: no step taken yet
+               "taken": torch.zeros((), dtype=torch.long, device=leaf.device)}
+        if self.tol is not None:
+            aux["active"] = torch.ones((), dtype=torch.bool, device=leaf.device)
+        return self._iterates(init), aux
+
+    def _record(self, aux, grad):
+        """aux after a step whose gradient is `grad`: its norm, the first step's norm, the
+        steps taken, and with `tol`, whether the task still moves (its gradient norm is above
+        tol: a frozen task's steps are not counted)."""
+        sq_norm = tree_sq_norm(grad)
+        norm, start = sq_norm.sqrt(), aux["grad_norm_start"]
+        aux = aux | {"grad_norm": norm, "grad_norm_start": torch.where(start < 0, norm, start)}
+        if self.tol is None:
+            return aux | {"taken": aux["taken"] + 1}
+        active = aux["active"] & (sq_norm > self.tol**2)
+        return aux | {"active": active, "taken": aux["taken"] + active.long()}
+
+    def finish(self, x, aux):
+        return x[0], {"grad_norm": aux["grad_norm"], "steps": aux["taken"],
+                      "grad_norm_start": aux["grad_norm_start"]}
+
+
 @solvers.register("gd")
 @dataclasses.dataclass(frozen=True)
-class GD(InnerSolver):
+class GD(_Stepwise):
     """Gradient descent: phi_{k+1} = phi_k - lr * grad g(phi_k)."""
 
     lr: float
@@ -98,23 +161,22 @@ class GD(InnerSolver):
         checks.integer("steps", self.steps, minimum=1)
         checks.optional_positive("tol", self.tol)
 
-    def run(self, grad_fn, init):
-        phi, active, taken, start = init, None, 0, None
-        for _ in range(self.steps):
-            grad = grad_fn(phi)
-            start = tree_sq_norm(grad).sqrt() if start is None else start
-            new = tree_map(lambda p, g: p - self.lr * g, phi, grad)
-            if self.tol is not None:
-                active = _still_active(active, grad, self.tol)
-                new = _where(active, new, phi)
-                taken = taken + active.long()
-            phi = new
-        return phi, _stats(grad, taken if self.tol is not None else self.steps, start)
+    def _iterates(self, init):
+        return (init,)
+
+    def step(self, k, x, aux, grad_fn):
+        (phi,) = x
+        grad = grad_fn(phi)
+        new = tree_map(lambda p, g: p - self.lr * g, phi, grad)
+        aux = self._record(aux, grad)
+        if self.tol is not None:
+            new = _where(aux["active"], new, phi)
+        return (new,), aux
 
 
 @solvers.register("nesterov")
 @dataclasses.dataclass(frozen=True)
-class Nesterov(InnerSolver):
+class Nesterov(_Stepwise):
     """Nesterov's accelerated gradient:
 
         y_k = phi_k + beta_k (phi_k - phi_{k-1}),  phi_{k+1} = y_k - lr * grad g(y_k)
@@ -134,30 +196,18 @@ class Nesterov(InnerSolver):
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise InvalidInputError(f"momentum must be in [0, 1) or None, got {self.momentum!r}")
 
-    def run(self, grad_fn, init):
-        phi = previous = init
-        active, taken, start = None, 0, None
-        for k in range(self.steps):
-            beta = self.momentum if self.momentum is not None else k / (k + 3)
-            y = tree_map(lambda p, q, beta=beta: p + beta * (p - q), phi, previous)
-            grad = grad_fn(y)
-            start = tree_sq_norm(grad).sqrt() if start is None else start
-            new = tree_map(lambda p, g: p - self.lr * g, y, grad)
-            if self.tol is not None:
-                # A frozen task rests at the point whose gradient met tol, with no momentum.
-                active = _still_active(active, grad, self.tol)
-                new, phi = _where(active, new, y), _where(active, phi, y)
-                taken = taken + active.long()
-            previous, phi = phi, new
-        return phi, _stats(grad, taken if self.tol is not None else self.steps, start)
+    def _iterates(self, init):
+        return (init, init)  # phi_k, phi_{k-1}
 
-
-def _still_active(active, grad, tol):
-    above = tree_sq_norm(grad) > tol**2
-    return above if active is None else active & above
-
-
-def _stats(grad, steps, start):
-    norm = tree_sq_norm(grad).sqrt()
-    return {"grad_norm": norm, "steps": torch.as_tensor(steps, device=norm.device),
-            "grad_norm_start": start}
+    def step(self, k, x, aux, grad_fn):
+        phi, previous = x
+        beta = self.momentum if self.momentum is not None else k / (k + 3)
+        y = tree_map(lambda p, q: p + beta * (p - q), phi, previous)
+        grad = grad_fn(y)
+        new = tree_map(lambda p, g: p - self.lr * g, y, grad)
+        aux = self._record(aux, grad)
+        if self.tol is not None:
+            # A frozen task rests at the point whose gradient met tol, with no momentum.
+            active = aux["active"]
+            new, phi = _where(active, new, y), _where(active, phi, y)
+        return (new, phi), aux

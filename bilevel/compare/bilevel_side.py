@@ -25,7 +25,7 @@ def train(built, resolved: dict, **options):
                     steps=resolved["steps"], tasks_per_step=resolved["tasks_per_step"],
                     eval_every=every, eval_tasks=tasks, seed=resolved["seed"],
                     divergence_factor=resolved["divergence_factor"],
-                    warm_start=resolved["warm_start"],
+                    compile=resolved["compile"], warm_start=resolved["warm_start"],
                     hyper_penalty=resolved["hyper_penalty"], progress=False)
     return meta_train(built.problem, **(settings | options))
 

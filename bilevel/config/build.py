@@ -13,7 +13,7 @@ import torch
 
 from bilevel.blocks import ComposedProblem, models, sources
 from bilevel.config.load import Config
-from bilevel.devices import resolve_device, resolve_dtype
+from bilevel.devices import resolve_device, resolve_dtype, threads
 from bilevel.errors import BilevelError
 from bilevel.problem import BilevelProblem, problems
 from bilevel.solvers import solvers
@@ -35,8 +35,10 @@ class Built:
 def build(config: Config) -> Built:
     """The objects of `config`; also sets torch's thread count to its `threads`."""
     resolved = config.resolved
-    if resolved["threads"] is not None:
-        torch.set_num_threads(resolved["threads"])
+    try:
+        torch.set_num_threads(threads(resolved["threads"]))
+    except BilevelError as error:
+        raise config.error(str(error), ("threads",)) from None
     try:
         device = resolve_device(resolved["device"])
     except BilevelError as error:

@@ -263,9 +263,12 @@ def run_config_model() -> type[BaseModel]:
         device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                            description="auto (CUDA where present), cpu, cuda or cuda:N")),
         dtype=(Literal[tuple(DTYPES)], Field("float32", description="float32 or float64")),
-        threads=(int | None, Field(1, ge=1, description="torch's CPU threads (null: torch's "
-                                                        "default, one per core); small "
-                                                        "batched problems run fastest on one")),
+        threads=(int | None, Field(None, ge=1, description="torch's CPU threads (null: the "
+                                   "environment variable BILEVEL_THREADS, else 1: small "
+                                   "batched problems run fastest on one)")),
+        compile=(bool | Literal["strict"], Field(False, description="compile the "
+                 "hypergradients and held-out solves with torch.compile (strict: no eager "
+                 "fallback for what cannot be compiled)")),
         out=(str | None, Field(None, description="run directory (default: "
                                                  "runs/<config name>; --out overrides)")),
         checkpoint_every=(int | None, Field(None, ge=1, description="also checkpoint every "

@@ -10,8 +10,9 @@ task and batched here with `vmap`.
 
 from torch.func import vmap
 
+from bilevel import compiled
 from bilevel.info import LOSS_KEY, Cost, Info
-from bilevel.inner import grad_ratio
+from bilevel.inner import grad_ratio, solve_batch
 from bilevel.registry import Registry
 from bilevel.tree import tree_map
 
@@ -21,8 +22,19 @@ estimators = Registry("method")
 def average_over_tasks(task_gradient, h, tasks):
     """Batch `task_gradient(h, task) -> (grad, stats)` over the tasks; grad is averaged,
     stats keep one entry per task."""
-    grads, stats = vmap(task_gradient, in_dims=(None, 0))(h, tasks)
+    grads, stats = compiled.batch(task_gradient, in_dims=(None, 0))(h, tasks)
     return tree_map(lambda g: g.mean(0), grads), stats
+
+
+def average_at_solutions(finish, problem, h, tasks, solver):
+    """Solve every task's inner problem from `problem.inner_init` (one batch,
+    `bilevel.inner.solve_batch`), then `finish(phi, h, task) -> (grad, stats)` at each
+    task's phi_K: grad averaged over the tasks, stats (one entry per task) joined to the
+    solver's."""
+    inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
+    phi, stats = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
+    grads, more = compiled.batch(finish, in_dims=(0, None, 0))(phi, h, tasks)
+    return tree_map(lambda g: g.mean(0), grads), stats | more
 
 
 def solve_info(method: str, stats: dict, cost: Cost, **extra) -> Info:

@@ -17,9 +17,8 @@ import dataclasses
 import torch
 from torch.func import grad, grad_and_value, hessian
 
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.base import average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_inner
 from bilevel.tree import ravel, tree_map
 
 
@@ -30,14 +29,13 @@ class Exact:
 
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
     assumes_converged_inner = True
+    # Why compile=True runs it eagerly (a failed attempt leaves torch.func's state broken).
+    not_compiled = ("torch.compile (torch 2.13) fails on torch.func.hessian under vmap, and "
+                    "the dense Hessian is for small problems")
 
     def __call__(self, problem, h, tasks, solver):
-        n_params = []  # read while vmap traces task_gradient
-
-        def task_gradient(h, task):
-            phi, stats = solve_inner(problem, h, task, solver)
+        def at_solution(phi, h, task):
             flat_phi, unravel = ravel(phi)
-            n_params.append(flat_phi.shape[0])
 
             def g(x, h):
                 return problem.inner_objective(unravel(x), h, task)
@@ -48,11 +46,12 @@ class Exact:
             (f_phi, f_h), val_loss = grad_and_value(f, argnums=(0, 1))(flat_phi, h)
             v = torch.linalg.solve(hessian(g)(flat_phi, h), f_phi)
             mixed = grad(lambda h: torch.dot(grad(g)(flat_phi, h), v))(h)
-            return tree_map(torch.sub, f_h, mixed), stats | {LOSS_KEY: val_loss}
+            n_params = torch.tensor(flat_phi.shape[0], device=flat_phi.device)
+            return tree_map(torch.sub, f_h, mixed), {LOSS_KEY: val_loss, "n_params": n_params}
 
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         # The dense Hessian is n_params Hessian-vector products (torch.func.hessian pushes one
         # tangent per coordinate of phi), the mixed term one d_h d_phi g product.
-        k, p = solver.steps, n_params[0]
+        k, p = solver.steps, int(stats.pop("n_params")[0])
         cost = Cost(inner_grad_evals=k, grad_evals=k + p + 1, hvps=p, mixed_products=1)
         return grads, solve_info("exact", stats, cost)

@@ -30,12 +30,12 @@ import dataclasses
 import torch
 from torch.func import grad, vmap
 
-from bilevel import checks
+from bilevel import checks, compiled
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators.base import estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_inner
-from bilevel.tree import tree_leaves, tree_map, tree_sq_norm
+from bilevel.inner import solve_batch
+from bilevel.tree import tree_dot, tree_leaves, tree_map, tree_sq_norm
 
 # scheme -> (stencil points as multiples of nu, weights of psi(points) times nu, order)
 SCHEMES = {
@@ -47,8 +47,8 @@ SCHEMES = {
 
 def eps_nu(scheme: str, dtype: torch.dtype) -> float:
     """nu = eps^(1 / (p + 1)) for a scheme of order p, eps the dtype's machine epsilon: the
-    best step when g and val_loss are of the same scale (the rule of `nu="auto"` before it
-    was scaled by the problem; `auto_nu` with scale 1).
+    best step when g and val_loss are of one scale and shape (nu="eps", the rule of
+    nu="auto" before it was scaled by the problem; `auto_nu` refines it).
 
     With lock-stepped solves the error of a difference of order p is about
     C1 nu^p (truncation of the stencil) + C2 eps / nu (round-off in psi, divided
@@ -60,37 +60,89 @@ def eps_nu(scheme: str, dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps ** (1 / (order + 1))
 
 
-def auto_nu(scheme: str, dtype: torch.dtype, scale: float = 1.0) -> float:
-    """nu = scale * eps^(1 / (p + 1)): `eps_nu` in the problem's units.
+# k_p of nu="auto", per scheme (`auto_nu`): measured by
+# `python benchmarks/auto_nu_scale.py --calibrate` (docs/theory.md).
+AUTO_FACTORS = {"forward": 0.6, "symmetric": 0.29, "five-point": 0.19}
+# T is kept within this factor of S either way (`problem_scale`).
+CURVATURE_RANGE = 100.0
+# Gradients of g per task that `problem_scale` takes (and as many of val_loss).
+SCALE_GRAD_EVALS = 2
 
-    nu weighs val_loss against g, so it has units of g / val_loss. Multiplying val_loss
-    by s leaves phi*_nu and psi(nu) unchanged if nu becomes nu / s: the best step of the
-    difference is nu_best = S * eps^(1/(p+1)) with S the scale of g over that of val_loss.
-    Both terms of the error carry it: the truncation C1 (nu / S)^p (psi bends where
-    nu * d^2 val_loss becomes comparable to d^2 g) and the round-off C2 eps S / nu (psi is
-    of the size of d_h g, its nu-derivative of the size of d_h val_loss). `scale` is that
-    S, measured by `problem_scale`; scale = 1 is the unscaled rule `eps_nu`.
+
+def auto_nu(scheme: str, dtype: torch.dtype, scale=1.0, curvature=None):
+    """nu = k_p eps^(1/(p+1)) S^(1/(p+1)) T^(p/(p+1)) for a scheme of order p: the step of
+    nu="auto". S = `scale`, T = `curvature` (default S), numbers or one per task.
+
+    nu weighs val_loss against g, so it has units of g / val_loss, and so do S and T. With
+    lock-stepped solves the relative error of a difference of order p is about
+
+        A_p (rho nu)^p  +  B_p eps R / nu
+
+    truncation: psi(nu) is analytic, its Taylor coefficients growing like rho^k (rho the
+    size of H_g^-1 H_f, val_loss's Hessian against g's along phi's path in nu), so the
+    stencil's leading error is A_p (rho nu)^p, A_p = 1, 1, 4 (forward, symmetric,
+    five-point); round-off: psi, R times the size of its nu-derivative, carries an error of
+    about eps |psi|, which the weights (sum of |w| = B_p = 2, 1, 3/2) divide by nu. The
+    optimum is nu* = (B_p eps R / (p A_p))^(1/(p+1)) rho^(-p/(p+1)). Neither R nor rho can
+    be had without solving; `problem_scale` measures at the inner init what stands for
+    them: S (a ratio of gradients) for R, T (a ratio of curvatures) for 1 / rho. k_p takes
+    the constants and what S and T miss (how val_loss curves where g is flat): measured on
+    a family of quadratics, where the best k ranges over 9.2x, 7.6x, 7.3x (13.8x for
+    five-point without T), k_p is the value whose worst error over that range is smallest
+    (the error grows as (nu / nu*)^p above nu* but only linearly below). val_loss times s
+    divides S and T, hence nu, by s exactly. docs/theory.md has the measurements.
     """
-    return scale * eps_nu(scheme, dtype)
+    return eps_nu(scheme, dtype) * nu_factor(scheme, scale, curvature)
 
 
-def problem_scale(problem, h, tasks) -> torch.Tensor:
-    """S_i = ||d_phi g(phi_0, h)|| / ||d_phi val_loss(phi_0, h)|| at the inner init phi_0
-    of each task i (shape (n,)): how many units of val_loss one unit of g is worth where the
-    solves start. One gradient of each loss per task.
+def nu_factor(scheme: str, scale=1.0, curvature=None):
+    """k_p S^(1/(p+1)) T^(p/(p+1)): nu="auto"'s step over eps^(1/(p+1)) (`auto_nu`)."""
+    order = SCHEMES[scheme][2]
+    curvature = scale if curvature is None else curvature
+    return (AUTO_FACTORS[scheme] * scale ** (1 / (order + 1))
+            * curvature ** (order / (order + 1)))
 
-    1 where it cannot be measured (a gradient that is zero or not finite): the unscaled
-    rule. Per task, so that a batch gives the mean of its tasks' hypergradients; exact for
-    val_loss multiplied by a constant.
+
+def problem_scale(problem, h, tasks) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, T) of each task i at its inner init phi_0 (each of shape (n,)), for `auto_nu`:
+
+        S_i = ||d_phi g(phi_0)|| / ||d_phi val_loss(phi_0)||      (gradients)
+        T_i = c_g / c_f,  c = <d, grad(phi_0 + d) - grad(phi_0)>  (curvatures along d)
+
+    d = t v, v the unit vector along d_phi val_loss(phi_0): the direction in which nu pushes
+    the solves first; t = eps^(1/3) max(||phi_0||, 1), long enough that the difference of
+    the gradients stands above their round-off, short enough to read the curvature at
+    phi_0 (exact for quadratics). Four gradients per task: two of g (Cost.grad_evals counts
+    them) and two of val_loss; first-order only, like the rest of fo-bmaml.
+
+    S = 1 where it cannot be measured (a gradient that is zero or not finite), and T = S
+    where the curvature ratio cannot (a zero or non-finite curvature); T is kept within
+    CURVATURE_RANGE of S either way: a curvature read along one direction is a guess, and
+    then nu stays within CURVATURE_RANGE^(p/(p+1)) of the rule without it. Per task, so
+    that a batch gives the mean of its tasks' hypergradients; exact for val_loss multiplied
+    by a constant (both S and T are divided by it).
     """
-    def ratio(h, task):
+    def scales(h, task):
         init = problem.inner_init(h, task)
-        g = grad(problem.inner_objective)(init, h, task)
-        f = grad(problem.val_loss)(init, h, task)
-        scale = (tree_sq_norm(g) / tree_sq_norm(f)).sqrt()
-        return torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+        g0 = grad(problem.inner_objective)(init, h, task)
+        f0 = grad(problem.val_loss)(init, h, task)
+        f_norm = tree_sq_norm(f0).sqrt()
+        start = tree_leaves(init)[0]
+        length = torch.finfo(start.dtype).eps ** (1 / 3) * tree_sq_norm(init).sqrt().clamp_min(1.0)
+        moved = tree_map(lambda p, d: p + (length / f_norm) * d, init, f0)
+        delta = tree_map(torch.sub, moved, init)  # the step as rounded
+        g1 = grad(problem.inner_objective)(moved, h, task)
+        f1 = grad(problem.val_loss)(moved, h, task)
+        curvature_g = tree_dot(delta, tree_map(torch.sub, g1, g0)).abs()
+        curvature_f = tree_dot(delta, tree_map(torch.sub, f1, f0)).abs()
+        scale = tree_sq_norm(g0).sqrt() / f_norm
+        scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+        ratio = curvature_g / curvature_f
+        ratio = torch.where(torch.isfinite(ratio) & (ratio > 0), ratio.clamp(
+            scale / CURVATURE_RANGE, scale * CURVATURE_RANGE), scale)
+        return scale, ratio
 
-    return vmap(ratio, in_dims=(None, 0))(h, tasks)
+    return compiled.batch(scales, in_dims=(None, 0))(h, tasks)
 
 
 def perturbed_objective(problem, phi, h, task, nu):
@@ -103,10 +155,10 @@ def perturbed_objective(problem, phi, h, task, nu):
 class FOBMAML:
     """Finite differences of psi(nu) in nu (eq. 16) for every hyperparameter at once.
 
-    nu: step of the difference, a number > 0, "auto" (`auto_nu`: eps^(1/(p+1)) times the
-        problem's scale S measured at the inner init by `problem_scale`, one more gradient
-        of g and of val_loss per task) or "eps" (eps^(1/(p+1)) alone, `eps_nu`: right
-        when g and val_loss are of one scale).
+    nu: step of the difference, a number > 0, "auto" (`auto_nu`: k_p eps^(1/(p+1))
+        S^(1/(p+1)) T^(p/(p+1)), S and T the problem's gradient and curvature scales
+        measured at the inner init by `problem_scale`, four more gradients per task) or
+        "eps" (eps^(1/(p+1)) alone, `eps_nu`).
     scheme: "forward" (bias O(nu), 2 solves), "symmetric" (O(nu^2), 2 solves),
         "five-point" (O(nu^4), 4 solves).
     warm_start_steps: if set, first solve the unperturbed problem with the solver,
@@ -129,10 +181,10 @@ class FOBMAML:
             checks.integer("warm_start_steps", self.warm_start_steps, minimum=1)
 
     def resolve_nu(self, dtype: torch.dtype, scale=1.0):
-        """The step: `auto_nu` at `scale` (a number, or one per task) for "auto", `eps_nu`
-        for "eps", else nu."""
+        """The step: `scale` (nu="auto"'s `nu_factor`, a number or one per task) times
+        eps^(1/(p+1)) for "auto", `eps_nu` for "eps", else nu."""
         if self.nu == "auto":
-            return auto_nu(self.scheme, dtype, scale)
+            return scale * eps_nu(self.scheme, dtype)
         return eps_nu(self.scheme, dtype) if self.nu == "eps" else float(self.nu)
 
     def __call__(self, problem, h, tasks, solver):
@@ -140,32 +192,33 @@ class FOBMAML:
         points, weights, _ = SCHEMES[self.scheme]
         m = len(points)
         n = tree_leaves(tasks)[0].shape[0]
-        scale = (problem_scale(problem, h, tasks) if self.nu == "auto"
+        scale = (nu_factor(self.scheme, *problem_scale(problem, h, tasks)) if self.nu == "auto"
                  else torch.ones(n, dtype=leaf.dtype, device=leaf.device))
         nu = torch.as_tensor(self.resolve_nu(leaf.dtype, scale), dtype=leaf.dtype,
                              device=leaf.device).expand(n)  # one step per task
         weights = torch.tensor(weights, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
-        if self.warm_start_steps is None:
-            stencil_solver = solver
-            inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-        else:
+        inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
+        stencil_solver = solver
+        if self.warm_start_steps is not None:
             stencil_solver = solver.with_steps(self.warm_start_steps)
-            inits, _ = vmap(solve_inner, in_dims=(None, None, 0, None))(problem, h, tasks, solver)
+            inits, _ = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
         nus = (torch.tensor(points, dtype=leaf.dtype, device=leaf.device) * nu[:, None]).reshape(-1)
 
-        def stencil_point(h, task, init, nu):
-            def objective(phi):
-                return perturbed_objective(problem, phi, h, task, nu)
+        def objective(phi, h, task, nu):
+            return perturbed_objective(problem, phi, h, task, nu)
 
-            phi, stats = stencil_solver.run(grad(objective), init)
-            stats = stats | {LOSS_KEY: problem.val_loss(phi, h, task)}
-            return grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu), stats
+        def psi(phi, h, task, nu):
+            return (grad(perturbed_objective, argnums=2)(problem, phi, h, task, nu),
+                    {LOSS_KEY: problem.val_loss(phi, h, task)})
 
         def each_point(t):  # (n, ...) -> (n * m, ...), task-major
             return t.repeat_interleave(m, dim=0)
 
-        psis, stats = vmap(stencil_point, in_dims=(None, 0, 0, 0))(
-            h, tree_map(each_point, tasks), tree_map(each_point, inits), nus)
+        point_tasks = tree_map(each_point, tasks)
+        phis, stats = solve_batch(stencil_solver, objective, tree_map(each_point, inits),
+                                  (h, point_tasks, nus), (None, 0, 0))
+        psis, val_loss = compiled.batch(psi, in_dims=(0, None, 0, 0))(phis, h, point_tasks, nus)
+        stats |= val_loss
         _check_finite(psis, stats, nus, self.scheme)
         grads = tree_map(lambda p: torch.tensordot(
             weights, p.reshape(n, m, *p.shape[1:]), dims=2) / n, psis)
@@ -174,9 +227,10 @@ class FOBMAML:
         stats = {key: value.reshape(n, m).amax(1) for key, value in stats.items()} | {
             LOSS_KEY: stats[LOSS_KEY].reshape(n, m).mean(1)}
         # Per task: m stencil solves (and the warm start's solve), and psi at each point.
-        # "auto": one more gradient of g per task, for the scale.
+        # "auto": SCALE_GRAD_EVALS more gradients of g per task, for S and T.
         evals = m * stencil_solver.steps + (0 if self.warm_start_steps is None else solver.steps)
-        cost = Cost(inner_grad_evals=evals, grad_evals=evals + m + (self.nu == "auto"))
+        evals_all = evals + m + SCALE_GRAD_EVALS * (self.nu == "auto")
+        cost = Cost(inner_grad_evals=evals, grad_evals=evals_all)
         # One number each: the geometric mean over the batch (the step itself with one task).
         mean_scale = _geometric_mean(scale)
         settings = {"nu": self.resolve_nu(leaf.dtype, mean_scale), "scheme": self.scheme,
@@ -191,23 +245,26 @@ def _geometric_mean(values: torch.Tensor) -> float:
 
 
 def _check_finite(psis, stats, nus, scheme):
-    """Raise if a perturbed solve that started finite ended with psi not finite: nu (or
-    the solver's lr) is too large for it. Solves that start from a non-finite gradient
-    (NaN in h or the task) pass their NaN on: the input, not nu, is at fault, and the
-    trainer reports it."""
+    """Raise if a perturbed solve that started finite diverged: psi not finite, or val_loss
+    not finite after a solve whose gradient norm grew (psi may stay finite while val_loss,
+    quadratic in a blown-up phi, overflows): nu (or the solver's lr) is too large for it.
+    Solves that start from a non-finite gradient (NaN in h or the task) pass their NaN on:
+    the input, not nu, is at fault, and the trainer reports it; so does a val_loss that is
+    not finite at the end of a solve that converged."""
     bad = torch.zeros_like(nus, dtype=torch.bool)
     for leaf in tree_leaves(psis):
         bad |= ~torch.isfinite(leaf.reshape(leaf.shape[0], -1)).all(1)
     start = stats.get("grad_norm_start")
     if start is not None:
-        bad &= torch.isfinite(start)
+        grew = ~(stats["grad_norm"] <= start)  # NaN counts as grown
+        bad = (bad | (~torch.isfinite(stats[LOSS_KEY]) & grew)) & torch.isfinite(start)
     if bad.any():
         where = nus[bad].tolist()
         raise StencilDivergenceError(
-            f"fo-bmaml (scheme={scheme!r}): psi is not finite at the stencil point(s) "
-            f"nu={', '.join(f'{x:.3g}' for x in sorted(set(where)))} ({len(where)} of "
-            f"{nus.numel()} perturbed solves diverged); pass a smaller nu (or nu='auto') or "
-            f"lower the solver's lr")
+            f"fo-bmaml (scheme={scheme!r}): psi or val_loss is not finite at the stencil "
+            f"point(s) nu={', '.join(f'{x:.3g}' for x in sorted(set(where)))} ({len(where)} "
+            f"of {nus.numel()} perturbed solves diverged); pass a smaller nu (or nu='auto') "
+            "or lower the solver's lr")
 
 
 class StencilDivergenceError(DivergenceError):

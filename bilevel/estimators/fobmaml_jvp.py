@@ -22,11 +22,14 @@ work; the name keeps it in the fo-bmaml family, though it is not first-order.
 import dataclasses
 
 import torch
-from torch.func import grad, jvp
+from torch.func import grad, grad_and_value, jvp, vmap
 
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel import compiled
+from bilevel.estimators.base import estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.tree import tree_leaves, tree_map
+from bilevel.inner import run_steps
+from bilevel.solvers import is_stepwise
+from bilevel.tree import detach, tree_leaves, tree_map
 
 
 def perturbed_gradient(problem, phi, h, task, nu, argnum):
@@ -53,26 +56,85 @@ class FOBMAMLJVP:
     assumes_converged_inner = True
 
     def __call__(self, problem, h, tasks, solver):
-        leaf = tree_leaves(h)[0]
-        zero = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
-        one = torch.ones_like(zero)
+        inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
+        if is_stepwise(solver):
+            phi, tangent, stats = _tangent_recursion(problem, h, tasks, solver, inits)
+        else:
+            phi, tangent, stats = _jvp_through_run(problem, h, tasks, solver, inits)
 
-        def task_gradient(h, task):
-            init = problem.inner_init(h, task)
+        def d_psi(phi, tangent, h, task):
+            """d_h val_loss(phi_K, h) + d_h d_phi g(phi_K, h) . d phi_K / d nu."""
+            (f_h, val_loss), mixed = _direct_and_mixed(problem, phi, tangent, h, task)
+            return tree_map(torch.add, f_h, mixed), {LOSS_KEY: val_loss}
 
-            def psi(nu):
-                def inner_gradient(phi):
-                    return perturbed_gradient(problem, phi, h, task, nu, argnum=0)
-
-                phi, stats = solver.run(inner_gradient, init)
-                stats = stats | {LOSS_KEY: problem.val_loss(phi, h, task)}
-                return perturbed_gradient(problem, phi, h, task, nu, argnum=1), stats
-
-            _, d_psi, stats = jvp(psi, (zero,), (one,), has_aux=True)
-            return d_psi, stats
-
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
-        # Each step: a gradient and its tangent (an HVP); psi's tangent: one mixed product.
+        grads, val_loss = compiled.batch(d_psi, in_dims=(0, 0, None, 0))(phi, tangent, h, tasks)
+        grads = tree_map(lambda g: g.mean(0), grads)
+        # In derivatives of g: each step, a gradient and its tangent (an HVP); psi's tangent,
+        # one mixed product (the gradients of val_loss are not g's).
         k = solver.steps
         cost = Cost(inner_grad_evals=k, grad_evals=k + 1, hvps=k, mixed_products=1)
-        return grads, solve_info("fo-bmaml-jvp", stats, cost)
+        return grads, solve_info("fo-bmaml-jvp", stats | val_loss, cost)
+
+
+def _direct_and_mixed(problem, phi, tangent, h, task):
+    """((d_h val_loss, val_loss), d_h d_phi g . tangent) at phi for one task."""
+    direct = grad_and_value(problem.val_loss, argnums=1)(phi, h, task)
+    _, mixed = jvp(lambda phi: grad(problem.inner_objective, argnums=1)(phi, h, task),
+                   (phi,), (tangent,))
+    return direct, mixed
+
+
+def _tangent_recursion(problem, h, tasks, solver, inits):
+    """(phi_K, d phi_K / d nu, stats) of every task, for a stepwise solver: each step of the
+    solver on G_nu pushed forward in (iterates, nu) by one jvp at nu = 0, so the tangent
+    d x_k / d nu follows its own recursion in the same batched loop as the iterates (for GD,
+    t_{k+1} = t_k - lr (H_g(phi_k) t_k + d_phi val_loss(phi_k))): per step one gradient of
+    g, its Hessian-vector product with the tangent, and one gradient of val_loss, taken at
+    the iterate without its tangent (the term nu * H_val t it would add is 0 at nu = 0)."""
+
+    def start(init):
+        x, aux = solver.start(init)
+        return x, tree_map(torch.zeros_like, x), aux
+
+    def step(k, state, h, task):
+        x, tangent, aux = state
+
+        def perturbed_step(x, nu):
+            def gradient(phi):
+                return tree_map(lambda a, b: a + nu * b,
+                                grad(problem.inner_objective)(phi, h, task),
+                                grad(problem.val_loss)(detach(phi), h, task))
+
+            return solver.step(k, x, aux, gradient)
+
+        zero = torch.zeros((), dtype=tree_leaves(x)[0].dtype, device=tree_leaves(x)[0].device)
+        x, tangent, aux = jvp(perturbed_step, (x, zero), (tangent, torch.ones_like(zero)),
+                              has_aux=True)
+        return x, tangent, aux
+
+    def finish(state):
+        x, tangent, aux = state
+        phi, stats = solver.finish(x, aux)
+        return phi, tangent[0], stats
+
+    return run_steps(start, step, finish, solver.steps, inits, (h, tasks), (None, 0))
+
+
+def _jvp_through_run(problem, h, tasks, solver, inits):
+    """(phi_K, d phi_K / d nu, stats) of every task by one jvp in nu through the whole
+    `solver.run` (forward-over-reverse), for a solver that defines no steps."""
+
+    def solve(init, h, task):
+        def run(nu):
+            def gradient(phi):
+                return perturbed_gradient(problem, phi, h, task, nu, argnum=0)
+
+            phi, stats = solver.run(gradient, init)
+            return phi, stats
+
+        leaf = tree_leaves(init)[0]
+        zero = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
+        phi, tangent, stats = jvp(run, (zero,), (torch.ones_like(zero),), has_aux=True)
+        return phi, tangent, stats
+
+    return compiled.batch(solve, in_dims=(0, None, 0))(inits, h, tasks)

@@ -17,9 +17,8 @@ from torch.func import grad_and_value
 from torch.utils._pytree import tree_structure
 
 from bilevel.errors import InvalidInputError
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.base import average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_inner
 from bilevel.regularizers import require_key
 from bilevel.tree import tree_map
 
@@ -40,13 +39,12 @@ class FOMAML:
     def __call__(self, problem, h, tasks, solver):
         require_key(h, "theta", "fomaml (its gradient for theta is d_phi val_loss)")
 
-        def task_gradient(h, task):
-            phi, stats = solve_inner(problem, h, task, solver)
+        def at_solution(phi, h, task):
             check_theta_shaped_like_phi(h["theta"], phi, "fomaml")
             (f_phi, f_h), val_loss = grad_and_value(problem.val_loss, argnums=(0, 1))(phi, h, task)
             theta = tree_map(lambda a, b: a + b, f_h["theta"], f_phi)
-            return f_h | {"theta": theta}, stats | {LOSS_KEY: val_loss}
+            return f_h | {"theta": theta}, {LOSS_KEY: val_loss}
 
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         k = solver.steps
         return grads, solve_info("fomaml", stats, Cost.solve(k))

@@ -18,9 +18,8 @@ import torch
 from torch.func import grad, grad_and_value, jvp, vjp
 
 from bilevel import checks
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.base import average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_inner
 from bilevel.tree import ravel, tree_map
 
 
@@ -79,8 +78,7 @@ class IMAML:
         checks.optional_positive("tol", self.tol)
 
     def __call__(self, problem, h, tasks, solver):
-        def task_gradient(h, task):
-            phi, stats = solve_inner(problem, h, task, solver)
+        def at_solution(phi, h, task):
             flat_phi, unravel = ravel(phi)
 
             def g_phi(x, h):
@@ -95,9 +93,9 @@ class IMAML:
                                              self.tol)
             _, pull_back = vjp(lambda h: g_phi(flat_phi, h), h)
             (mixed,) = pull_back(v)
-            return tree_map(torch.sub, f_h, mixed), stats | cg_stats | {LOSS_KEY: val_loss}
+            return tree_map(torch.sub, f_h, mixed), cg_stats | {LOSS_KEY: val_loss}
 
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         k, c = solver.steps, self.cg_steps
         cost = Cost(inner_grad_evals=k, grad_evals=k + c + 1, hvps=c, mixed_products=1)
         per_task = {"cg_steps": stats["cg_steps"], "cg_residual": stats["cg_residual"]}

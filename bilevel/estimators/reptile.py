@@ -18,10 +18,9 @@ import numbers
 from torch.func import grad_and_value
 
 from bilevel.errors import InvalidInputError
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.base import average_at_solutions, estimators, solve_info
 from bilevel.estimators.fomaml import check_theta_shaped_like_phi
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_inner
 from bilevel.regularizers import require_key
 from bilevel.tree import tree_map
 
@@ -41,13 +40,12 @@ class Reptile:
             )
         scale = 1.0 / (solver.steps * lr)
 
-        def task_gradient(h, task):
-            phi, stats = solve_inner(problem, h, task, solver)
+        def at_solution(phi, h, task):
             check_theta_shaped_like_phi(h["theta"], phi, "reptile")
             f_h, val_loss = grad_and_value(problem.val_loss, argnums=1)(phi, h, task)
             step = tree_map(lambda t, p: scale * (t - p), h["theta"], phi)
-            return f_h | {"theta": step}, stats | {LOSS_KEY: val_loss}
+            return f_h | {"theta": step}, {LOSS_KEY: val_loss}
 
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         k = solver.steps
         return grads, solve_info("reptile", stats, Cost.solve(k))

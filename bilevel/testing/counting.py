@@ -26,7 +26,7 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from bilevel.problem import BilevelProblem
-from bilevel.solvers import InnerSolver
+from bilevel.solvers import InnerSolver, is_stepwise
 
 _DIFFERENTIATING = (TransformType.Grad, TransformType.Jvp)
 
@@ -144,10 +144,26 @@ class CountingSolver(InnerSolver):
     def with_steps(self, steps: int) -> "CountingSolver":
         return CountingSolver(self.solver.with_steps(steps), self.counter)
 
-    def run(self, grad_fn, init):
+    @property
+    def stepwise(self) -> bool:
+        return is_stepwise(self.solver)
+
+    def _counted(self, grad_fn):
         def counted(phi):
             # Called outside grad_fn's own transform: one gradient per batch element.
             self.counter.first_order += transforms()[1]
             return grad_fn(phi)
 
-        return self.solver.run(counted, init)
+        return counted
+
+    def run(self, grad_fn, init):
+        return self.solver.run(self._counted(grad_fn), init)
+
+    def start(self, init):
+        return self.solver.start(init)
+
+    def step(self, k, x, aux, grad_fn):
+        return self.solver.step(k, x, aux, self._counted(grad_fn))
+
+    def finish(self, x, aux):
+        return self.solver.finish(x, aux)

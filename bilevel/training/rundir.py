@@ -61,6 +61,13 @@ class RunDirectory:
         except OSError as error:
             raise RunDirectoryError(f"out={str(self.path)!r}: cannot create the run directory "
                                     f"({error.strerror})") from None
+        probe = self.path / f".write-test.{os.getpid()}.tmp"  # a stray one is cleaned below
+        try:  # fail now, not at the first checkpoint: a directory it may not write in
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise RunDirectoryError(f"out={str(self.path)!r}: cannot write in the run "
+                                    f"directory ({error.strerror})") from None
         for stray in self.path.glob(".*.tmp"):  # left by a run killed while writing
             stray.unlink(missing_ok=True)
         self._metrics = None

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel import checks
+from bilevel import checks, compiled, devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
@@ -60,7 +60,8 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
                tasks_per_step: int, eval_every: int = 0, eval_tasks: int = 0, seed: int = 0,
                out=None, checkpoint_every: int | None = None, resume: bool = False,
                progress: bool = True, divergence_factor: float = 1e3,
-               warm_start=None, hyper_penalty=None) -> MetaTrainResult:
+               compile: bool | str = False, threads: int | None = None, warm_start=None,
+               hyper_penalty=None) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() for `steps` outer steps.
 
     solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
@@ -76,6 +77,12 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
     divergence_factor: a blow-up that stays finite stops the run too: an inner solve whose
         final gradient norm exceeds its first by this factor, or a loss this many times the
         run's first (in absolute value);
+    compile: run the hypergradients and held-out solves compiled (True, or "strict": no
+        eager fallback), as `hypergradient(compile=...)`; close to eager (within float
+        round-off) but not bit for bit, so it is part of the run's settings;
+    threads: torch's CPU threads during the run (restored after); None: the environment
+        variable BILEVEL_THREADS, else 1 (`bilevel.devices.threads`): the batched work of
+        small problems runs fastest on one thread;
     warm_start: None (every step's solves start at problem.inner_init), or
         {"steps": k, "estimator_steps": k'} (`bilevel.training.warm_start.WarmStart`): for
         problems whose tasks are the same every step, each step continues the previous
@@ -93,11 +100,12 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
     run = _Run(problem, solver=solver, method=method, outer=outer, steps=steps,
                tasks_per_step=tasks_per_step, eval_every=eval_every, eval_tasks=eval_tasks,
                seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume,
-               divergence_factor=divergence_factor, warm_start=warm_start,
+               divergence_factor=divergence_factor, compile=compile, warm_start=warm_start,
                hyper_penalty=hyper_penalty)
-    interrupts = _Interrupts()
+    interrupts, stack = _Interrupts(), contextlib.ExitStack()
     bar = None
     try:
+        stack.enter_context(devices.torch_threads(threads))
         run.start()
         bar = _progress_bar(progress and run.processes.is_main, steps, run.step)
         with interrupts:
@@ -119,6 +127,7 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
         if bar is not None:
             bar.close()
         distributed.stop(run.processes)
+        stack.close()
     return run.finish("completed")
 
 
@@ -127,7 +136,7 @@ class _Run:
     generators, the history; and the files of the main process."""
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
-                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor,
+                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor, compile,
                  warm_start, hyper_penalty):
         check_problem(problem)
         self.problem, self.solver = problem, as_solver(solver)
@@ -149,6 +158,7 @@ class _Run:
                 "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
+        self.compile = compiled.check_mode(compile)
         self.warm_start = warm_starts.WarmStart.parse(warm_start)
         self.warm = (None if self.warm_start is None
                      else warm_starts.WarmStarts(self.warm_start, problem))
@@ -247,7 +257,7 @@ class _Run:
             "steps": self.steps, "tasks_per_step": self.tasks_per_step,
             "eval_every": self.eval_every, "eval_tasks": self.eval_tasks, "seed": self.seed,
             "checkpoint_every": self.checkpoint_every, "world_size": self.processes.world_size,
-            "divergence_factor": self.divergence_factor,
+            "divergence_factor": self.divergence_factor, "compile": self.compile,
             "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
             "torch": torch.__version__,
         }
@@ -276,7 +286,7 @@ class _Run:
         # "keep": a non-finite task stops the run below, as a DivergenceError.
         grad, info = hypergradient(problem, self.h(), tasks, solver=solver,
                                    method=self.method, on_non_finite="keep",
-                                   **self.method_options)
+                                   compile=self.compile, **self.method_options)
         grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, self.tasks_per_step,
                                                          self.processes))[0]
         entries = []
@@ -307,8 +317,10 @@ class _Run:
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
             if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
-                means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
-                                                self.solver, self.eval_tasks, self.processes)
+                with compiled.compiling(self.compile):
+                    means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
+                                                    self.solver, self.eval_tasks,
+                                                    self.processes)
                 self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
                 self.held_out_evals_total += cost.inner_grad_evals
                 record |= means | {"held_out_inner_grad_evals": cost.inner_grad_evals}

@@ -1,0 +1,185 @@
+"""The compiled path (`compile=True`): equal to eager, compiled once, and falling back to
+eager (or refusing, strictly) where torch.compile cannot go.
+
+Compile time is what these tests spend: most trace with the "aot_eager" backend (dynamo
+and AOT autograd, where a fallback is decided, without generating C++); the tests marked
+`inductor` generate code as users get it. benchmarks/compiled.py measures the speed."""
+
+import os
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import bilevel
+from bilevel import compiled
+from bilevel.compiled import CompileError
+from bilevel.tree import relative_error, tree_map
+from problems.quadratic import Quadratic
+from tests.conftest import seeded
+from tests.toy_problems import TinyMLPRegression
+
+METHODS = ["fomaml", "maml", "reptile", "imaml", "fo-bmaml", "fo-bmaml-jvp"]
+
+
+@pytest.fixture(autouse=True)
+def backend(request, monkeypatch):
+    if "inductor" not in request.keywords:
+        monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+
+
+def quadratic(dtype=torch.float64):
+    problem = Quadratic(dim=4, kappa=4.0, lam=1.0, n_tasks=3, distinct_val=True, dtype=dtype)
+    return problem, problem.init_hyper(seeded(1)), problem.all_tasks()
+
+
+def both(problem, h, tasks, solver, method, **options):
+    eager = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method, **options)
+    fast = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
+                                 compile="strict", **options)
+    return eager, fast
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_estimator_compiled_equals_eager_float64(method):
+    problem, h, tasks = quadratic()
+    solver = bilevel.solvers.Nesterov(lr=0.2, steps=4, momentum=0.5)
+    (eager, eager_info), (fast, fast_info) = both(problem, h, tasks, solver, method)
+    assert relative_error(fast, eager) < 1e-10
+    assert torch.allclose(fast_info.val_loss, eager_info.val_loss, rtol=1e-12, atol=0)
+    assert torch.equal(fast_info.inner_steps, eager_info.inner_steps)
+
+
+@pytest.mark.inductor
+def test_generated_code_equals_eager_float64():
+    problem, h, tasks = quadratic()
+    solver = bilevel.solvers.GD(lr=0.2, steps=4)
+    (eager, _), (fast, _) = both(problem, h, tasks, solver, "fo-bmaml")
+    assert relative_error(fast, eager) < 1e-10
+
+
+def test_exact_runs_eagerly_with_a_warning_or_refuses_strictly():
+    """torch 2.13 fails on hessian (jacfwd over jacrev) under vmap and compile, and the
+    failed attempt breaks later torch.func calls: exact is never handed to the compiler."""
+    problem, h, tasks = quadratic()
+    solver = bilevel.solvers.GD(lr=0.2, steps=4)
+    eager, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="exact")
+    with pytest.warns(RuntimeWarning, match="method 'exact' runs eagerly: torch.compile"):
+        fast, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="exact",
+                                        compile=True)
+    assert relative_error(fast, eager) == 0.0
+    with pytest.raises(CompileError, match="method 'exact' cannot be compiled"):
+        bilevel.hypergradient(problem, h, tasks, solver=solver, method="exact",
+                              compile="strict")
+
+
+@pytest.mark.inductor
+def test_compiled_float32_within_round_off_on_a_nonlinear_problem():
+    problem = TinyMLPRegression(dtype=torch.float32)
+    h, tasks = problem.init_hyper(seeded(0)), problem.sample_tasks(5, seeded(1))
+    solver = bilevel.solvers.GD(lr=0.05, steps=5, tol=1e-3)
+    (eager, _), (fast, _) = both(problem, h, tasks, solver, "fomaml")
+    assert relative_error(fast, eager) < 1e-5
+
+
+def test_a_new_batch_of_the_same_shapes_compiles_nothing():
+    problem, h, _ = quadratic()
+    solver = bilevel.solvers.GD(lr=0.2, steps=3)
+    first = problem.sample_tasks(3, seeded(2))
+    bilevel.hypergradient(problem, h, first, solver=solver, method="fo-bmaml", compile="strict")
+    graphs = counters["stats"]["unique_graphs"]
+    # New tasks, a new h, a solver equal to the first: the cached code runs.
+    h = tree_map(lambda value: value + 0.1, h)
+    again = bilevel.solvers.GD(lr=0.2, steps=3)
+    bilevel.hypergradient(problem, h, problem.sample_tasks(3, seeded(3)), solver=again,
+                          method="fo-bmaml", compile="strict")
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compile_time_does_not_grow_with_inner_steps():
+    """A stepwise solver compiles one chunk of UNROLL steps, whatever the count: 200 steps
+    cost no new graph against 30 (only the index of a chunk's first step changes, and it
+    is a tensor)."""
+    problem, h, tasks = quadratic()
+    bilevel.hypergradient(problem, h, tasks, solver=bilevel.solvers.GD(lr=0.2, steps=30),
+                          method="fomaml", compile="strict")
+    graphs = counters["stats"]["unique_graphs"]
+    long = bilevel.solvers.GD(lr=0.2, steps=200)
+    (eager, _), (fast, _) = both(problem, h, tasks, long, "fomaml")
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert relative_error(fast, eager) < 1e-10
+
+
+class ExtensionInLoss(Quadratic):
+    """A loss that calls into a C extension (os.getpid stands in for one), which vmap runs
+    and torch.compile cannot trace."""
+
+    def val_loss(self, phi, h, task):
+        return super().val_loss(phi, h, task) * (os.getpid() > 0)
+
+
+def test_untraceable_loss_falls_back_to_eager_with_one_warning():
+    problem = ExtensionInLoss(dim=3, n_tasks=2, kappa=2.0)
+    h, tasks = problem.init_hyper(seeded(0)), problem.all_tasks()
+    solver = bilevel.solvers.GD(lr=0.3, steps=3)
+    eager, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml")
+    with pytest.warns(RuntimeWarning, match="cannot compile .*running it eagerly"):
+        fast, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml",
+                                        compile=True)
+    assert relative_error(fast, eager) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the eager fallback is remembered
+        bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml", compile=True)
+
+
+def test_strict_compile_refuses_an_untraceable_loss_with_a_clear_error():
+    problem = ExtensionInLoss(dim=3, n_tasks=2, kappa=1.5)
+    h, tasks = problem.init_hyper(seeded(0)), problem.all_tasks()
+    with pytest.raises(CompileError, match="torch.compile cannot compile .*at_solution"):
+        bilevel.hypergradient(problem, h, tasks, solver=bilevel.solvers.GD(lr=0.3, steps=3),
+                              method="fomaml", compile="strict")
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_compile_must_be_true_false_or_strict(bad):
+    problem, h, tasks = quadratic()
+    with pytest.raises(bilevel.InvalidInputError, match="compile must be False, True or"):
+        bilevel.hypergradient(problem, h, tasks, solver=bilevel.solvers.GD(lr=0.2, steps=2),
+                              compile=bad)
+
+
+def test_meta_train_compiled_follows_eager():
+    problem = Quadratic(dim=4, kappa=4.0, n_tasks=6)
+    settings = dict(solver=bilevel.solvers.GD(lr=0.2, steps=5), method="fo-bmaml",
+                    outer={"name": "adam", "lr": 0.05}, steps=4, tasks_per_step=3,
+                    eval_every=2, eval_tasks=2, progress=False)
+    eager = bilevel.meta_train(problem, **settings)
+    fast = bilevel.meta_train(problem, compile=True, **settings)
+    assert relative_error(fast.h, eager.h) < 1e-10
+    assert fast.history[-1]["eval_val_loss"] == pytest.approx(
+        eager.history[-1]["eval_val_loss"], rel=1e-10)
+
+
+def test_meta_train_threads_from_argument_environment_and_default(monkeypatch):
+    problem = Quadratic(dim=2, n_tasks=2)
+    seen = []
+
+    class Watch(bilevel.solvers.GD):
+        def step(self, k, x, aux, grad_fn):
+            seen.append(torch.get_num_threads())
+            return super().step(k, x, aux, grad_fn)
+
+    settings = dict(solver=Watch(lr=0.2, steps=1), method="fomaml", steps=1,
+                    tasks_per_step=2, progress=False)
+    before = torch.get_num_threads()
+    bilevel.meta_train(problem, threads=2, **settings)
+    monkeypatch.setenv("BILEVEL_THREADS", "3")
+    bilevel.meta_train(problem, **settings)
+    monkeypatch.delenv("BILEVEL_THREADS")
+    bilevel.meta_train(problem, **settings)
+    assert seen == [2, 3, 1]
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("BILEVEL_THREADS", "many")
+    with pytest.raises(bilevel.InvalidInputError, match="BILEVEL_THREADS must be a whole"):
+        bilevel.meta_train(problem, **settings)
