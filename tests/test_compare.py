@@ -153,3 +153,19 @@ def test_seconds_budget_and_journal_storage(tmp_path):
     for row in record["table"]:
         assert row["seconds"] <= 1.0
     assert record["unit"] == "seconds"
+
+
+def test_a_warm_started_bilevel_side_counts_its_solves_and_buys_more_steps(tmp_path):
+    """Per step, cold: 20 + 2 x 20 + a validation of 20 = 60, 5 steps on 300; warm-started
+    (5 steps): 20 + 2 x 5 + 20 on the first step, 5 + 2 x 5 + 20 after: 8 steps."""
+    search = {"budget": {"inner_grad_evals": 300}}
+    record = compare(config(warm_start={"steps": 5}, search=search, divergence_factor=50.0),
+                     out=tmp_path, only="bilevel")
+    settings = json.loads((tmp_path / "bilevel" / "settings.json").read_text())
+    assert settings["divergence_factor"] == 50.0  # the config's, not meta_train's default
+    history = [json.loads(line) for line in
+               (tmp_path / "bilevel" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["inner_grad_evals"] for r in history] == [30] + [15] * 7
+    saved = json.loads((tmp_path / "compare.json").read_text())["curves"]["bilevel"]
+    assert saved["cost"] == [50 + 35 * k for k in range(8)]
+    assert record["table"][0]["cost"] == 295

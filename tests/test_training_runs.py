@@ -2,6 +2,7 @@
 interrupted with SIGINT, then resumed, ends bit for bit where an uninterrupted run does;
 two processes under torchrun end where one process does."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -74,6 +75,30 @@ def test_a_killed_run_resumes_to_the_same_result_bitwise(tmp_path, reference):
     assert 4 <= step < STEPS and len(records(tmp_path)) > step
     finish(launch(tmp_path, "--resume"))
     assert_same_run(tmp_path, reference)
+
+
+def test_a_killed_warm_started_run_resumes_to_the_same_result_bitwise(tmp_path_factory):
+    """The warm starts (the last inner solutions) are in the checkpoint: killed after a
+    checkpoint, the resumed run continues them and ends where an uninterrupted one does."""
+    expected = tmp_path_factory.mktemp("warm-reference")
+    spec = importlib.util.spec_from_file_location("train_quadratic", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.SlowQuadratic.__module__ = "__main__"  # as settings.json names it when launched
+    script.train(expected, warm_start=True)  # in this process (as the resume): quicker
+    out = tmp_path_factory.mktemp("warm")
+    run = launch(out, "--warm-start", sleep=0.1)
+    wait_for_lines(out, 5, run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    saved = checkpoint.load(out)
+    assert 4 <= saved["step"] < STEPS and saved["warm_start"]["phi"] is not None
+    script.train(out, resume=True, warm_start=True)
+    assert_same_run(out, (checkpoint.load(expected), records(expected)))
+    history = records(out)
+    assert history[0]["inner_grad_evals"] == 5 * (10 + 2 * 4)  # 5 tasks: cold, then stencil
+    assert {r["inner_grad_evals"] for r in history[1:]} == {5 * (3 + 2 * 4)}
+    assert history[0]["warm_start_inner_grad_evals"] == 50
 
 
 def test_ctrl_c_checkpoints_the_last_completed_step_and_resumes(tmp_path, reference):

@@ -1,6 +1,7 @@
 """A tiny meta_train run on the quadratic, launched as a subprocess by tests/test_training_runs.py
 (plainly, or under torchrun). `--sleep` slows each step down (without changing any number)
-so that a test can interrupt the run halfway."""
+so that a test can interrupt the run halfway; `--warm-start` trains on the same 5 tasks every
+step, with the inner solves warm-started across steps."""
 
 import argparse
 import pathlib
@@ -22,13 +23,22 @@ SETTINGS = dict(
 
 
 class SlowQuadratic(Quadratic):
-    def __init__(self, sleep: float):
+    def __init__(self, sleep: float, fixed_tasks: bool = False):
         super().__init__(dim=4, kappa=10.0, n_tasks=8, dtype=torch.float64)
-        self.sleep = sleep
+        self.sleep, self.fixed_tasks = sleep, fixed_tasks
 
     def sample_tasks(self, n, generator=None):
         time.sleep(self.sleep)
+        if self.fixed_tasks:
+            return {k: v[:n] for k, v in self.pool.items()}
         return super().sample_tasks(n, generator)
+
+
+def train(out, sleep=0.0, resume=False, warm_start=False):
+    warm = {"warm_start": {"steps": 3, "estimator_steps": 4}} if warm_start else {}
+    return bilevel.meta_train(SlowQuadratic(sleep, warm_start),
+                              solver=bilevel.solvers.GD(lr=0.05, steps=10), seed=3, out=out,
+                              resume=resume, progress=False, **SETTINGS, **warm)
 
 
 def main():
@@ -36,9 +46,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--warm-start", action="store_true")
     args = parser.parse_args()
-    bilevel.meta_train(SlowQuadratic(args.sleep), solver=bilevel.solvers.GD(lr=0.05, steps=10),
-                       seed=3, out=args.out, resume=args.resume, progress=False, **SETTINGS)
+    train(args.out, args.sleep, args.resume, args.warm_start)
 
 
 if __name__ == "__main__":

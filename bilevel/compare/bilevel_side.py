@@ -24,7 +24,9 @@ def train(built, resolved: dict, **options):
     settings = dict(solver=built.solver, method=built.method, outer=built.outer,
                     steps=resolved["steps"], tasks_per_step=resolved["tasks_per_step"],
                     eval_every=every, eval_tasks=tasks, seed=resolved["seed"],
-                    progress=False)
+                    divergence_factor=resolved["divergence_factor"],
+                    compile=resolved["compile"], warm_start=resolved["warm_start"],
+                    hyper_penalty=resolved["hyper_penalty"], progress=False)
     return meta_train(built.problem, **(settings | options))
 
 
@@ -44,14 +46,16 @@ def history_curve(name: str, history: list, built, eval_tasks: int, start=(0.0, 
 
 def steps_for(built, resolved: dict, unit: str, budget: float) -> int:
     """Outer steps that the budget buys, from one timed step (the first step, so the time
-    is an overestimate and the side may end early; its curve is cut at the budget)."""
+    is an overestimate and the side may end early; its curve is cut at the budget); with
+    `warm_start`, from two: the first step's cold solve, then the warm steps' cost."""
     every, tasks = evaluation(resolved)
-    record = train(built, resolved, steps=1, eval_every=1, eval_tasks=tasks).history[0]
+    probe = 1 if resolved["warm_start"] is None else 2
+    history = train(built, resolved, steps=probe, eval_every=1, eval_tasks=tasks).history
     if unit == "seconds":
-        per_step = record["time"]
-    else:
-        per_step = step_cost(record) + solve_cost(built.solver, tasks) / every
-    return max(1, math.floor(budget / per_step))
+        return max(1, math.floor(budget / history[0]["time"]))
+    validation = solve_cost(built.solver, tasks) / every
+    first, per_step = step_cost(history[0]) + validation, step_cost(history[-1]) + validation
+    return max(1, 1 + math.floor((budget - first) / per_step))
 
 
 def run_bilevel(built, resolved: dict, directory: Path, unit: str, budget: float):

@@ -9,8 +9,8 @@ from bilevel.training.rundir import write_atomically
 
 COLUMNS = [("side", "side", "{}"), ("best_val_loss", "best val loss", "{:.4g}"),
            ("test_loss", "test loss", "{:.4g}"), ("test_accuracy", "test acc", "{:.4f}"),
-           ("cost_to_1pct", "cost to 1%", "{:.4g}"), ("seconds_to_1pct", "s to 1%", "{:.3g}"),
-           ("cost", "cost", "{:.4g}"), ("seconds", "wall s", "{:.3g}")]
+           ("cost_to_1pct", "cost to 1%", "{:,.0f}"), ("seconds_to_1pct", "s to 1%", "{:.3g}"),
+           ("cost", "cost", "{:,.0f}"), ("seconds", "wall s", "{:.3g}")]
 
 
 def rows(curves: dict, tests: dict) -> list[dict]:

@@ -80,6 +80,9 @@ def markdown() -> str:
     parts = [HEADER, "## Top-level keys\n", _table(schema, defs, skip=()), ""]
     for title, key in (("Held-out evaluation (`eval`)", "Evaluation"),
                        ("Outer optimizer (`outer`)", "OuterSpec"),
+                       ("Warm-started inner solves (`warm_start`)", "WarmStartSpec"),
+                       ("A penalty on the hyperparameters (`hyper_penalty`)",
+                        "HyperPenaltySpec"),
                        ("A problem of your own (`problem: {python: ...}`)", "PythonProblem"),
                        ("A problem composed from blocks (`problem: {source: ..., model: ...}`)",
                         "ComposedProblem")):

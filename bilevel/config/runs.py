@@ -52,7 +52,8 @@ def run(config: Config, *, out=None, resume: bool = False):
         eval_every=evaluation["every"], eval_tasks=evaluation["tasks"], seed=resolved["seed"],
         out=directory, checkpoint_every=resolved["checkpoint_every"], resume=resume,
         progress=resolved["progress"], divergence_factor=resolved["divergence_factor"],
-        compile=resolved["compile"], threads=resolved["threads"])
+        compile=resolved["compile"], threads=resolved["threads"],
+        warm_start=resolved["warm_start"], hyper_penalty=resolved["hyper_penalty"])
     test = test_metrics(built, result.h)
     if test is not None:
         write_atomically(directory / "test.json", json.dumps(test, indent=2) + "\n")

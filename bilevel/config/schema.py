@@ -156,6 +156,27 @@ class Evaluation(Strict):
     tasks: int = Field(ge=1, description="held-out tasks, drawn once")
 
 
+class WarmStartSpec(Strict):
+    """Warm-start the inner solves across outer steps, for problems whose tasks are the
+    same every step (bilevel.training.warm_start)."""
+
+    steps: int = Field(ge=1, description="solver steps continuing each step's unperturbed "
+                                         "solve from the previous step's solution")
+    estimator_steps: int | None = Field(None, ge=1, description="steps of the estimator's "
+                                                                "solves, started there "
+                                                                "(null: steps)")
+
+
+class HyperPenaltySpec(Strict):
+    """A penalty on h added to the outer objective (bilevel.training.hyper_penalty):
+    weight / 2 times the squared deviation of each chosen leaf from its own mean."""
+
+    weight: float = Field(gt=0, description="the penalty's factor (1 / (n_val s^2) for a "
+                                            "prior of spread s)")
+    leaves: list[str] | None = Field(None, description="dotted paths into h (null: every "
+                                                       "leaf)")
+
+
 class PythonProblem(Strict):
     """A `BilevelProblem` subclass of the user's: "package.module:ClassName" (importable
     from the working directory or the config's folder) and its constructor arguments."""
@@ -231,6 +252,13 @@ def run_config_model() -> type[BaseModel]:
         steps=(int, Field(ge=1, description="outer steps")),
         tasks_per_step=(int, Field(ge=1, description="tasks in each outer step's batch")),
         eval=(Evaluation | None, Field(None, description="held-out evaluation (none: never)")),
+        warm_start=(WarmStartSpec | None, Field(None, description="start each outer step's "
+                                                                  "inner solves from the "
+                                                                  "previous step's (null: "
+                                                                  "from inner_init)")),
+        hyper_penalty=(HyperPenaltySpec | None, Field(None, description="pull leaves of h "
+                                                                        "toward their mean "
+                                                                        "(null: no penalty)")),
         seed=(int, Field(0, ge=0, description="seeds init_hyper, the task streams and torch")),
         device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                            description="auto (CUDA where present), cpu, cuda or cuda:N")),

@@ -32,6 +32,8 @@ from bilevel.info import LOSS_KEY
 from bilevel.registry import name_and_options
 from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
+from bilevel.training import warm_start as warm_starts
+from bilevel.training.hyper_penalty import HyperPenalty
 from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_finite, run_generator
 from bilevel.training.optimizers import OuterOptimizer, global_norm
 from bilevel.training.rundir import RunDirectory, check_settings, settings_digest
@@ -58,7 +60,8 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
                tasks_per_step: int, eval_every: int = 0, eval_tasks: int = 0, seed: int = 0,
                out=None, checkpoint_every: int | None = None, resume: bool = False,
                progress: bool = True, divergence_factor: float = 1e3,
-               compile: bool | str = False, threads: int | None = None) -> MetaTrainResult:
+               compile: bool | str = False, threads: int | None = None, warm_start=None,
+               hyper_penalty=None) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() for `steps` outer steps.
 
     solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
@@ -79,7 +82,15 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
         round-off) but not bit for bit, so it is part of the run's settings;
     threads: torch's CPU threads during the run (restored after); None: the environment
         variable BILEVEL_THREADS, else 1 (`bilevel.devices.threads`): the batched work of
-        small problems runs fastest on one thread.
+        small problems runs fastest on one thread;
+    warm_start: None (every step's solves start at problem.inner_init), or
+        {"steps": k, "estimator_steps": k'} (`bilevel.training.warm_start.WarmStart`): for
+        problems whose tasks are the same every step, each step continues the previous
+        step's inner solutions for k steps and starts the estimator's solves there, with k'
+        steps (default k); kept in checkpoints, counted in inner_grad_evals;
+    hyper_penalty: None, or {"weight": w, "leaves": [dotted paths into h]}
+        (`bilevel.training.hyper_penalty.HyperPenalty`): minimise F(h) + w/2 sum over those
+        leaves of ||leaf - mean(leaf)||^2 (a remedy for overfitting the validation set).
 
     Raises DivergenceError when a loss, an inner gradient norm or the hypergradient is not
     finite, or grows past divergence_factor (the last good checkpoint is kept); warns once
@@ -89,7 +100,8 @@ def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
     run = _Run(problem, solver=solver, method=method, outer=outer, steps=steps,
                tasks_per_step=tasks_per_step, eval_every=eval_every, eval_tasks=eval_tasks,
                seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume,
-               divergence_factor=divergence_factor, compile=compile)
+               divergence_factor=divergence_factor, compile=compile, warm_start=warm_start,
+               hyper_penalty=hyper_penalty)
     interrupts, stack = _Interrupts(), contextlib.ExitStack()
     bar = None
     try:
@@ -124,7 +136,8 @@ class _Run:
     generators, the history; and the files of the main process."""
 
     def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
-                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor, compile):
+                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor, compile,
+                 warm_start, hyper_penalty):
         check_problem(problem)
         self.problem, self.solver = problem, as_solver(solver)
         self.method, self.method_options = _method(method)
@@ -146,6 +159,10 @@ class _Run:
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
         self.compile = compiled.check_mode(compile)
+        self.warm_start = warm_starts.WarmStart.parse(warm_start)
+        self.warm = (None if self.warm_start is None
+                     else warm_starts.WarmStarts(self.warm_start, problem))
+        self.hyper_penalty = HyperPenalty.parse(hyper_penalty)
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
@@ -165,8 +182,13 @@ class _Run:
         h = self.problem.init_hyper(run_generator(self.seed, 0))
         check_hyper(h, name=f"{type(self.problem).__name__}.init_hyper()")
         leaves, self.spec = tree_flatten(h)
+        if self.hyper_penalty is not None:
+            self.penalized = self.hyper_penalty.mask(h)
         self.device = leaves[0].device
         self.processes = distributed.start(self.device)
+        if self.warm is not None and self.processes.world_size > 1:
+            raise InvalidInputError(f"warm_start runs in one process only, got "
+                                    f"{self.processes.world_size} processes (torchrun)")
         self.eval_shard = None
         if self.eval_tasks:
             batch = held_out_tasks(self.problem, self.eval_tasks, self.seed)
@@ -213,6 +235,8 @@ class _Run:
         self.step, self.history = saved["step"], saved["history"]
         self.evals_total, self.elapsed = saved["inner_grad_evals_total"], saved["time"]
         self.held_out_evals_total = saved.get("held_out_inner_grad_evals_total", 0)
+        if self.warm is not None:
+            self.warm.restore(saved["warm_start"], self.device)
         self.saved_step = self.step
 
     def _open_run_directory(self, dtype) -> None:
@@ -225,7 +249,7 @@ class _Run:
         if dataclasses.is_dataclass(self.solver):
             solver |= dataclasses.asdict(self.solver)
         estimator = estimators.build(self.method, self.method_options, argument="method")
-        return {
+        settings = {
             "problem": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
             "solver": solver,
             "method": {"name": self.method, **dataclasses.asdict(estimator)},
@@ -237,6 +261,12 @@ class _Run:
             "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
             "torch": torch.__version__,
         }
+        # Absent when not used: the settings of older runs keep their digest.
+        if self.warm_start is not None:
+            settings["warm_start"] = self.warm_start.as_dict()
+        if self.hyper_penalty is not None:
+            settings["hyper_penalty"] = self.hyper_penalty.as_dict()
+        return settings
 
     # One step ------------------------------------------------------------------------
 
@@ -248,16 +278,29 @@ class _Run:
         batch = self.problem.sample_tasks(self.tasks_per_step, self.generators["tasks"])
         tasks, n_local = distributed.shard(batch, self.tasks_per_step, self.processes,
                                            "tasks_per_step")
+        problem, solver, warm, warm_entries = self.problem, self.solver, None, []
+        if self.warm is not None:
+            (problem, tasks, solver), warm, stats, steps = self.warm.prepare(
+                self.h(), tasks, self.solver, t)
+            warm_entries = warm_starts.scalars(stats, steps * n_local, self.device)
         # "keep": a non-finite task stops the run below, as a DivergenceError.
-        grad, info = hypergradient(self.problem, self.h(), tasks, solver=self.solver,
+        grad, info = hypergradient(problem, self.h(), tasks, solver=solver,
                                    method=self.method, on_non_finite="keep",
                                    compile=self.compile, **self.method_options)
         grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, self.tasks_per_step,
                                                          self.processes))[0]
+        entries = []
+        if self.hyper_penalty is not None:
+            value, extra = self.hyper_penalty.value_and_grad(self.params, self.penalized)
+            grads = [g + e for g, e in zip(grads, extra, strict=True)]
+            entries.append(("hyper_penalty", value, "same"))
         norm = global_norm(grads)
-        entries = [("grad_norm", norm.detach().to(torch.float64), "same")]
-        entries += info.scalars(self.device)
+        entries.append(("grad_norm", norm.detach().to(torch.float64), "same"))
+        entries += info.scalars(self.device) + warm_entries
         scalars = distributed.combine(entries, n_local, self.tasks_per_step, self.processes)
+        if self.warm is not None:  # the step's cost: the warm solves' and the estimator's
+            for key in ("inner_grad_evals", "grad_evals"):
+                scalars[key] += scalars["warm_start_inner_grad_evals"]
         self._check(t, scalars, WATCHED)
         self._check_growth(t, scalars)
         self._warn_if_unconverged(scalars)
@@ -285,6 +328,8 @@ class _Run:
             record |= {"time": self.elapsed + time.perf_counter() - self.clock} | scalars
             self.step = t
             self.history.append(record)
+            if self.warm is not None:
+                self.warm.commit(warm)
             self.rng = checkpoint.rng_states(self.generators)
             if self.files is not None:
                 self.files.log(record)
@@ -314,8 +359,11 @@ class _Run:
 
     def _warn_if_unconverged(self, values: dict) -> None:
         """Once per run: the estimator's result assumes converged inner solves (fo-bmaml,
-        fo-bmaml-jvp, imaml, exact), but the solves cut the gradient norm less than 10-fold."""
-        ratio = values.get("inner_grad_ratio_mean")
+        fo-bmaml-jvp, imaml, exact), but the solves cut the gradient norm less than 10-fold
+        (warm-started: the warm solves, against the first step's cold start)."""
+        metric = ("warm_start_grad_ratio_mean" if "warm_start_grad_ratio_mean" in values
+                  else "inner_grad_ratio_mean")
+        ratio = values.get(metric)
         assumes = getattr(estimators.get(self.method), "assumes_converged_inner", False)
         if self.warned_unconverged or not assumes or ratio is None or ratio <= 0.1:
             return
@@ -323,7 +371,7 @@ class _Run:
         warnings.warn(f"the inner solves are far from converged (final / first gradient norm "
                       f"{ratio:.2g} on average), but {self.method!r} assumes converged inner "
                       "solutions: its hypergradient is biased; give the solver more steps or a "
-                      "larger lr (metrics: inner_grad_ratio_mean)", stacklevel=4)
+                      f"larger lr (metrics: {metric})", stacklevel=4)
 
     def _kept(self) -> str:
         if self.out is None:
@@ -346,7 +394,7 @@ class _Run:
             "held_out_inner_grad_evals_total": self.held_out_evals_total,
             "time": self.elapsed + time.perf_counter() - self.clock,
             "settings_digest": self.digest,
-        }
+        } | ({} if self.warm is None else {"warm_start": self.warm.state()})
 
     def save(self) -> None:
         checkpoint.save(self.out, self.state())
