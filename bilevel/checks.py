@@ -1,5 +1,6 @@
 """Argument checks that raise `InvalidInputError` naming the argument and the value."""
 
+import dataclasses
 import math
 import numbers
 
@@ -30,3 +31,15 @@ def one_of(name: str, value, choices) -> str:
         listed = ', '.join(map(repr, choices))
         raise InvalidInputError(f"{name} must be one of {listed}, got {value!r}")
     return value
+
+
+def options(cls, name: str, value, required: str):
+    """None, an instance of the dataclass `cls`, or a dict of its fields (`required` among
+    them) made into one; anything else is an InvalidInputError naming `name`."""
+    if value is None or isinstance(value, cls):
+        return value
+    valid = [field.name for field in dataclasses.fields(cls)]
+    if not isinstance(value, dict) or not set(value) <= set(valid) or required not in value:
+        raise InvalidInputError(f"{name} must be None or a dict with the keys "
+                                f"{', '.join(valid)} ({required} required), got {value!r}")
+    return cls(**value)

@@ -42,13 +42,7 @@ class HyperPenalty:
     @classmethod
     def parse(cls, value) -> "HyperPenalty | None":
         """None, a HyperPenalty, or {"weight": w, "leaves": [paths]}."""
-        if value is None or isinstance(value, HyperPenalty):
-            return value
-        valid = [field.name for field in dataclasses.fields(cls)]
-        if not isinstance(value, dict) or not set(value) <= set(valid) or "weight" not in value:
-            raise InvalidInputError(f"hyper_penalty must be None or a dict with the keys "
-                                    f"{', '.join(valid)} (weight required), got {value!r}")
-        return cls(**value)
+        return checks.options(cls, "hyper_penalty", value, required="weight")
 
     def as_dict(self) -> dict:
         return {"weight": self.weight, "leaves": None if self.leaves is None else

@@ -53,13 +53,7 @@ class WarmStart:
     @classmethod
     def parse(cls, value) -> "WarmStart | None":
         """None, a WarmStart, or {"steps": k, "estimator_steps": k'}."""
-        if value is None or isinstance(value, WarmStart):
-            return value
-        valid = [field.name for field in dataclasses.fields(cls)]
-        if not isinstance(value, dict) or not set(value) <= set(valid) or "steps" not in value:
-            raise InvalidInputError(f"warm_start must be None or a dict with the keys "
-                                    f"{', '.join(valid)} (steps required), got {value!r}")
-        return cls(**value)
+        return checks.options(cls, "warm_start", value, required="steps")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
