@@ -28,7 +28,6 @@ def at_inner_solutions(metric, problem, h, tasks, solver, *, with_stats: bool = 
     solved in one vmapped batch: one value (or dict of values) per task, stacked; with
     `with_stats`, also the solver's stats of every task. Costs solver.steps inner gradient
     evaluations per task."""
-
     inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
     phi, stats = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
     values = compiled.batch(metric, in_dims=(0, None, 0))(phi, h, tasks)
@@ -40,10 +39,8 @@ def solve_batch(solver, objective, inits, args, in_dims):
     for each task's arguments `a` (`args` batched as `in_dims` says, vmap's convention),
     from its row of `inits` (leading dim: the tasks).
 
-    Eagerly, the whole solve of one task is vmapped. Compiled (`bilevel.compiled`), a
-    stepwise solver's step is compiled once, batched over the tasks, and run `steps` times,
-    its step index a tensor (so the compile time does not grow with the steps); a solver
-    that only defines `run` is compiled whole.
+    A stepwise solver runs through `run_steps` (compiled in chunks of UNROLL steps); a
+    solver that only defines `run` is vmapped whole (and compiled whole, unrolled).
     """
     if not is_stepwise(solver):
         def one_solve(init, *args):
@@ -80,6 +77,7 @@ def run_steps(start, step, finish, steps: int, inits, args, in_dims):
             return finish(state)
 
         return compiled.batch(one_task, in_dims=(0, *in_dims))(inits, *args)
+
     def chunk(first, state, *args, length):
         for i in range(length):
             state = step(first + i, state, *args)
