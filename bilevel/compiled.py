@@ -90,7 +90,7 @@ class _Compiled:
     """A compiled function that turns eager, with one warning, if compiling fails."""
 
     def __init__(self, fn, name: str):
-        self.eager, self.name = fn, name
+        self.eager, self.name, self.failure = fn, name, None
         self.compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=BACKEND)
         # Our cache decides what is compiled; dynamo's limit of recompilations per code
         # object (8) would count every estimator's functions together (they share vmap's
@@ -99,20 +99,20 @@ class _Compiled:
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, CACHE_SIZE)
 
     def __call__(self, *args):
-        if self.compiled is None:
-            return self.eager(*args)
-        try:
-            return self.compiled(*args)
-        except torch._dynamo.exc.TorchDynamoException as error:
-            reason = _reason(error)
-            if _mode.get() == "strict":
-                raise CompileError(
-                    f"torch.compile cannot compile {self.name}: {reason}; fix it, or pass "
-                    "compile=True to run what cannot be compiled eagerly") from None
-            warnings.warn(f"bilevel: torch.compile cannot compile {self.name} ({reason}); "
-                          "running it eagerly", RuntimeWarning, stacklevel=2)
-            self.compiled = None
-            return self.eager(*args)
+        if self.failure is None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:
+                self.failure = _reason(error)
+                if _mode.get() != "strict":
+                    warnings.warn(f"bilevel: torch.compile cannot compile {self.name} "
+                                  f"({self.failure}); running it eagerly", RuntimeWarning,
+                                  stacklevel=2)
+        if _mode.get() == "strict":  # now, or at an earlier call with compile=True
+            raise CompileError(
+                f"torch.compile cannot compile {self.name}: {self.failure}; fix it, or pass "
+                "compile=True to run what cannot be compiled eagerly")
+        return self.eager(*args)
 
 
 def _name(fn) -> str:

@@ -131,6 +131,9 @@ def test_untraceable_loss_falls_back_to_eager_with_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: the eager fallback is remembered
         bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml", compile=True)
+    with pytest.raises(CompileError, match="cannot compile"):  # strict still refuses
+        bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml",
+                              compile="strict")
 
 
 def test_strict_compile_refuses_an_untraceable_loss_with_a_clear_error():
