@@ -13,18 +13,20 @@ from tests.test_training import train
 
 
 class SteeperAfter(Quadratic):
-    """Tasks whose curvature is 100 times larger from the `after`-th batch on, so that GD's
-    fixed lr exceeds 2/L and the inner solves blow up (finite, in float64)."""
+    """Tasks whose curvature is 100 times larger from the `after`-th batch on (every task of
+    the batch, or with first_only the first), so that GD's fixed lr exceeds 2/L and their
+    inner solves blow up (finite, in float64)."""
 
-    def __init__(self, after):
+    def __init__(self, after, first_only=False):
         super().__init__(dim=4, kappa=10.0, n_tasks=4, dtype=torch.float64)
-        self.after, self.calls = after, 0
+        self.after, self.first_only, self.calls = after, first_only, 0
 
     def sample_tasks(self, n, generator=None):
         self.calls += 1
         tasks = super().sample_tasks(n, generator)
         if self.calls >= self.after:
-            tasks["A"] = tasks["A"] * 100
+            steep = tasks["A"][:1] if self.first_only else tasks["A"]
+            tasks["A"] = torch.cat([100 * steep, tasks["A"][len(steep):]])
         return tasks
 
 

@@ -8,11 +8,10 @@ derivative evaluations). Its per-task work is a function of (h, task), written f
 task and batched here with `vmap`.
 """
 
-from torch.func import vmap
 
 from bilevel import compiled
 from bilevel.info import LOSS_KEY, Cost, Info
-from bilevel.inner import grad_ratio, solve_batch
+from bilevel.inner import at_inner_solutions, grad_ratio
 from bilevel.registry import Registry
 from bilevel.tree import tree_map
 
@@ -31,9 +30,8 @@ def average_at_solutions(finish, problem, h, tasks, solver):
     `bilevel.inner.solve_batch`), then `finish(phi, h, task) -> (grad, stats)` at each
     task's phi_K: grad averaged over the tasks, stats (one entry per task) joined to the
     solver's."""
-    inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-    phi, stats = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
-    grads, more = compiled.batch(finish, in_dims=(0, None, 0))(phi, h, tasks)
+    (grads, more), stats = at_inner_solutions(finish, problem, h, tasks, solver,
+                                              with_stats=True)
     return tree_map(lambda g: g.mean(0), grads), stats | more
 
 

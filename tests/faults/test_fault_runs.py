@@ -15,26 +15,11 @@ import bilevel
 from bilevel.estimators import estimators
 from bilevel.training import checkpoint
 from problems.quadratic import Quadratic
+from tests.test_blowups import SteeperAfter
 from tests.test_training import train
 
 METHODS = estimators.names()
 IMPLICIT = [m for m in METHODS if getattr(estimators.get(m), "assumes_converged_inner", False)]
-
-
-class OneSteepTask(Quadratic):
-    """From the `after`-th batch on, the first task's curvature is 100 times larger: GD's lr
-    exceeds 2/L for it alone and its solve blows up (finite, float64)."""
-
-    def __init__(self, after):
-        super().__init__(dim=4, kappa=10.0, n_tasks=4, dtype=torch.float64)
-        self.after, self.calls = after, 0
-
-    def sample_tasks(self, n, generator=None):
-        self.calls += 1
-        tasks = super().sample_tasks(n, generator)
-        if self.calls >= self.after:
-            tasks["A"] = torch.cat([100 * tasks["A"][:1], tasks["A"][1:]])
-        return tasks
 
 
 def assert_stopped_with_checkpoint(directory, step):
@@ -53,14 +38,15 @@ def test_one_task_of_much_higher_curvature_stops_the_run(tmp_path, solver):
     with pytest.raises(bilevel.DivergenceError,
                        match=r"diverged at step 3: an inner solve blew up: its gradient norm "
                              r"grew .*-fold over the solve .*lower the solver's lr") as error:
-        train(OneSteepTask(after=3), solver=solver, out=tmp_path, steps=5, checkpoint_every=1)
+        train(SteeperAfter(after=3, first_only=True), solver=solver, out=tmp_path, steps=5,
+              checkpoint_every=1)
     assert error.value.step == 3
     assert_stopped_with_checkpoint(tmp_path, 2)
 
 
 def test_the_blown_up_task_is_visible_in_info():
     """hypergradient itself does not stop: info says which solve blew up."""
-    problem = OneSteepTask(after=1)
+    problem = SteeperAfter(after=1, first_only=True)
     tasks = problem.sample_tasks(4, torch.Generator().manual_seed(0))
     _, info = bilevel.hypergradient(problem, problem.init_hyper(torch.Generator().manual_seed(0)),
                                     tasks, solver=bilevel.solvers.GD(lr=0.05, steps=10),
