@@ -123,27 +123,36 @@ class _Stepwise(InnerSolver):
 
     def start(self, init):
         leaf = tree_leaves(init)[0]
-        zero = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
-        aux = {"grad_norm": zero, "grad_norm_start": zero - 1,  # < 0: no step taken yet
-               "taken": torch.zeros((), dtype=torch.long, device=leaf.device)}
+        aux = {"grad": tree_map(torch.zeros_like, init),  # the last gradient evaluated
+               "grad_norm_start": torch.zeros((), dtype=leaf.dtype, device=leaf.device)}
         if self.tol is not None:
-            aux["active"] = torch.ones((), dtype=torch.bool, device=leaf.device)
+            aux |= {"active": torch.ones((), dtype=torch.bool, device=leaf.device),
+                    "taken": torch.zeros((), dtype=torch.long, device=leaf.device)}
         return self._iterates(init), aux
 
-    def _record(self, aux, grad):
-        """aux after a step whose gradient is `grad`: its norm, the first step's norm, the
-        steps taken, and with `tol`, whether the task still moves (its gradient norm is above
-        tol: a frozen task's steps are not counted)."""
+    def _record(self, k, aux, grad):
+        """aux after step k, whose gradient is `grad`: that gradient, the first step's norm,
+        and with `tol`, whether the task still moves (its gradient norm is above tol) and
+        the steps it took. Eagerly (k an int) the norm is taken at step 0 only: a norm per
+        step is a dozen small operators, a tenth of a small problem's step."""
+        aux = aux | {"grad": grad}
+        if isinstance(k, int) and k > 0 and self.tol is None:
+            return aux
         sq_norm = tree_sq_norm(grad)
-        norm, start = sq_norm.sqrt(), aux["grad_norm_start"]
-        aux = aux | {"grad_norm": norm, "grad_norm_start": torch.where(start < 0, norm, start)}
+        if isinstance(k, int):
+            aux["grad_norm_start"] = sq_norm.sqrt() if k == 0 else aux["grad_norm_start"]
+        else:
+            aux["grad_norm_start"] = torch.where(k == 0, sq_norm.sqrt(), aux["grad_norm_start"])
         if self.tol is None:
-            return aux | {"taken": aux["taken"] + 1}
+            return aux
         active = aux["active"] & (sq_norm > self.tol**2)
         return aux | {"active": active, "taken": aux["taken"] + active.long()}
 
     def finish(self, x, aux):
-        return x[0], {"grad_norm": aux["grad_norm"], "steps": aux["taken"],
+        norm = tree_sq_norm(aux["grad"]).sqrt()
+        steps = aux["taken"] if self.tol is not None else torch.as_tensor(
+            self.steps, device=norm.device)
+        return x[0], {"grad_norm": norm, "steps": steps,
                       "grad_norm_start": aux["grad_norm_start"]}
 
 
@@ -168,7 +177,7 @@ class GD(_Stepwise):
         (phi,) = x
         grad = grad_fn(phi)
         new = tree_map(lambda p, g: p - self.lr * g, phi, grad)
-        aux = self._record(aux, grad)
+        aux = self._record(k, aux, grad)
         if self.tol is not None:
             new = _where(aux["active"], new, phi)
         return (new,), aux
@@ -205,7 +214,7 @@ class Nesterov(_Stepwise):
         y = tree_map(lambda p, q: p + beta * (p - q), phi, previous)
         grad = grad_fn(y)
         new = tree_map(lambda p, g: p - self.lr * g, y, grad)
-        aux = self._record(aux, grad)
+        aux = self._record(k, aux, grad)
         if self.tol is not None:
             # A frozen task rests at the point whose gradient met tol, with no momentum.
             active = aux["active"]
