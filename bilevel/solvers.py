@@ -56,7 +56,11 @@ class InnerSolver(abc.ABC):
     (`compile=True`, bilevel.compiled) and gives fo-bmaml-jvp its tangent recursion;
     a solver with `run` only is compiled whole (unrolled) or runs eagerly.
 
-    Optional: `lr`, a step size: reptile divides by steps * lr.
+    Optional: `lr`, a step size: reptile divides by steps * lr. `linear_steps` (default
+    False): for a given k and aux, the iterates after `step` and the point where it
+    queries grad_fn are linear in (x, the gradient returned): fo-bmaml-jvp then maps its
+    tangents by `step` itself rather than by jvp (GD and Nesterov without a tolerance,
+    whose mask depends on the gradient; bilevel.testing.SolverContract checks the claim).
     """
 
     steps: int
@@ -120,6 +124,10 @@ def _where(active, new, old):
 class _Stepwise(InnerSolver):
     """The bookkeeping that GD and Nesterov share: gradient norms, and with `tol` the
     mask of tasks still moving and the count of their steps."""
+
+    @property
+    def linear_steps(self) -> bool:
+        return self.tol is None
 
     def start(self, init):
         leaf = tree_leaves(init)[0]

@@ -3,10 +3,12 @@ solver."""
 
 import pytest
 
+import bilevel
 import bilevel.testing
 from bilevel.estimators import estimators
 from bilevel.solvers import solvers
 
+SOLVER = bilevel.solvers.GD(lr=1 / 13, steps=20)
 SOLVER_OPTIONS = {"gd": {"lr": 1 / 13, "steps": 20}, "nesterov": {"lr": 1 / 13, "steps": 20}}
 
 
@@ -35,3 +37,14 @@ def test_fobmaml_variants_report_their_cost(options):
     """fo-bmaml's options change what it spends; each variant reports it as counted."""
     bilevel.testing.EstimatorContract().test_cost_counts_the_derivatives_evaluated(
         "fo-bmaml", options)
+
+
+@pytest.mark.parametrize("method", sorted(set(estimators.names()) - {"imaml"}))
+def test_second_order_products_are_each_evaluated_anew(method):
+    """Every estimator but imaml (whose conjugate-gradient steps reuse one pull-back)
+    evaluates each second-order product it reports."""
+    problem, h, tasks = bilevel.testing.contracts.setting()
+    bilevel.hypergradient(problem, h, tasks, solver=SOLVER, method=method)
+    problem.counter.reset()
+    _, info = bilevel.hypergradient(problem, h, tasks, solver=SOLVER, method=method)
+    assert info.cost.hvps + info.cost.mixed_products == problem.counter.second_order

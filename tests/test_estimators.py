@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import bilevel
+from bilevel.testing.contracts import PushedByJvp, RunOnly
 from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
 from tests.conftest import seeded
@@ -177,6 +178,25 @@ def test_forward_mode_is_the_limit_of_lock_stepped_differences_not_maml():
     maml, _ = hypergradient(problem, h, tasks, solver, "maml")
     assert relative_error(maml, forward) > 1e-2
     assert relative_error(forward, problem.meta_gradient(h, tasks)) > 1e-2
+
+
+@pytest.mark.parametrize("solver", [
+    bilevel.solvers.GD(lr=0.05, steps=8),
+    bilevel.solvers.Nesterov(lr=0.05, steps=8, momentum=0.7),
+    bilevel.solvers.Nesterov(lr=0.05, steps=8, tol=0.04),  # tasks freeze after 3-8 steps
+], ids=["gd", "nesterov", "nesterov-tol"])
+def test_tangent_recursion_is_forward_mode_through_the_solve(solver):
+    """fo-bmaml-jvp's tangent recursion (HVPs by reverse over reverse; the solver's steps
+    mapping the tangents, or pushed by jvp) gives the derivative that forward mode through
+    the whole K-step solve gives, on an MLP far from its solution."""
+    problem = TinyMLPRegression()
+    h, tasks = problem.init_hyper(seeded(0)), problem.sample_tasks(5, seeded(1))
+    reference, _ = hypergradient(problem, h, tasks, RunOnly(solver), "fo-bmaml-jvp")
+    assert relative_error(reference, hypergradient(problem, h, tasks, solver, "fomaml")[0]) > 1e-3
+    for recursion in (solver, PushedByJvp(solver)):
+        grad, info = hypergradient(problem, h, tasks, recursion, "fo-bmaml-jvp")
+        assert info["inner_grad_norm"].min() > 1e-3
+        assert relative_error(grad, reference) < 1e-12
 
 
 @pytest.mark.parametrize("problem_class, solver", [

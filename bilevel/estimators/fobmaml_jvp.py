@@ -22,14 +22,14 @@ work; the name keeps it in the fo-bmaml family, though it is not first-order.
 import dataclasses
 
 import torch
-from torch.func import grad, grad_and_value, jvp, vmap
+from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from bilevel import compiled
 from bilevel.estimators.base import estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import run_steps
 from bilevel.solvers import is_stepwise
-from bilevel.tree import detach, tree_leaves, tree_map
+from bilevel.tree import tree_leaves, tree_map
 
 
 def perturbed_gradient(problem, phi, h, task, nu, argnum):
@@ -77,20 +77,37 @@ class FOBMAMLJVP:
 
 
 def _direct_and_mixed(problem, phi, tangent, h, task):
-    """((d_h val_loss, val_loss), d_h d_phi g . tangent) at phi for one task."""
+    """((d_h val_loss, val_loss), d_h d_phi g . tangent) at phi for one task; the mixed
+    product as d_h <d_phi g, tangent> (reverse over reverse: a Hessian is symmetric)."""
     direct = grad_and_value(problem.val_loss, argnums=1)(phi, h, task)
-    _, mixed = jvp(lambda phi: grad(problem.inner_objective, argnums=1)(phi, h, task),
-                   (phi,), (tangent,))
+    _, pull_back = vjp(lambda h: grad(problem.inner_objective)(phi, h, task), h)
+    (mixed,) = pull_back(tangent)
     return direct, mixed
+
+
+def not_a_gradient(fn):
+    """fn, marked as no evaluation of the inner gradient when passed to a solver's step as
+    its grad_fn (bilevel.testing.CountingSolver does not count it)."""
+    fn.is_gradient = False
+    return fn
 
 
 def _tangent_recursion(problem, h, tasks, solver, inits):
     """(phi_K, d phi_K / d nu, stats) of every task, for a stepwise solver: each step of the
-    solver on G_nu pushed forward in (iterates, nu) by one jvp at nu = 0, so the tangent
-    d x_k / d nu follows its own recursion in the same batched loop as the iterates (for GD,
-    t_{k+1} = t_k - lr (H_g(phi_k) t_k + d_phi val_loss(phi_k))): per step one gradient of
-    g, its Hessian-vector product with the tangent, and one gradient of val_loss, taken at
-    the iterate without its tangent (the term nu * H_val t it would add is 0 at nu = 0)."""
+    solver on G_nu pushed forward in (iterates, nu) at nu = 0, so the tangent d x_k / d nu
+    follows its own recursion in the same batched loop as the iterates (for GD,
+    t_{k+1} = t_k - lr (H_g(y_k) t_k + d_phi val_loss(y_k))).
+
+    The step's one gradient query, at y_k, is its only nonlinear part. Its tangent,
+    H_g(y_k) dy_k + d_phi val_loss(y_k), is the pull-back of the reverse pass that gives
+    the gradient (H_g is symmetric: the vector-Hessian product is the Hessian-vector
+    product), not a jvp through it: forward over reverse costs ~3x reverse over reverse in
+    eager torch.func and does not compile. The rest of the step is the solver's arithmetic:
+    a solver with `linear_steps` maps the tangents by `step` itself; any other is pushed
+    forward by jvp (twice: to find dy_k, then to step, the gradient an input). Per step:
+    one gradient of g, one HVP, one gradient of val_loss (at y_k; the term nu * H_val dy_k
+    is 0 at nu = 0)."""
+    linear = getattr(solver, "linear_steps", False)
 
     def start(init):
         x, aux = solver.start(init)
@@ -98,19 +115,33 @@ def _tangent_recursion(problem, h, tasks, solver, inits):
 
     def step(k, state, h, task):
         x, tangent, aux = state
+        queries = []
 
-        def perturbed_step(x, nu):
-            def gradient(phi):
-                return tree_map(lambda a, b: a + nu * b,
-                                grad(problem.inner_objective)(phi, h, task),
-                                grad(problem.val_loss)(detach(phi), h, task))
+        def gradient(y):
+            gradient, pull_back = vjp(lambda y: grad(problem.inner_objective)(y, h, task), y)
+            queries.append((y, pull_back))
+            return gradient
 
-            return solver.step(k, x, aux, gradient)
+        def d_gradient(dy):
+            y, pull_back = queries[0]
+            return tree_map(torch.add, pull_back(dy)[0], grad(problem.val_loss)(y, h, task))
 
-        zero = torch.zeros((), dtype=tree_leaves(x)[0].dtype, device=tree_leaves(x)[0].device)
-        x, tangent, aux = jvp(perturbed_step, (x, zero), (tangent, torch.ones_like(zero)),
-                              has_aux=True)
-        return x, tangent, aux
+        if linear:
+            x_next, aux_next = solver.step(k, x, aux, gradient)
+            tangent_next, _ = solver.step(k, tangent, aux, not_a_gradient(d_gradient))
+            return x_next, tangent_next, aux_next
+
+        def query_point(x):
+            """The point y_k where step k queries the gradient."""
+            points = []
+            solver.step(k, x, aux, not_a_gradient(
+                lambda y: points.append(y) or tree_map(torch.zeros_like, y)))
+            return points[0]
+
+        y, dy = jvp(query_point, (x,), (tangent,))
+        gradient_y = gradient(y)
+        return jvp(lambda x, gradient: solver.step(k, x, aux, not_a_gradient(lambda _: gradient)),
+                   (x, gradient_y), (tangent, d_gradient(dy)), has_aux=True)
 
     def finish(state):
         x, tangent, aux = state

@@ -7,7 +7,7 @@ At the solver's inner solution phi_K, for one task,
 
 (the implicit function theorem, for every hyperparameter at once). v comes from
 `cg_steps` iterations of conjugate gradient from v = 0, each with one Hessian-vector
-product (forward-over-reverse: the JVP of d_phi g); the mixed term is one
+product (the pull-back of one reverse pass through d_phi g, reused); the mixed term is one
 vector-Jacobian product. H is never formed, and memory does not grow with the number
 of inner steps. CG needs H symmetric positive definite: g strongly convex near phi_K.
 """
@@ -15,7 +15,7 @@ of inner steps. CG needs H symmetric positive definite: g strongly convex near p
 import dataclasses
 
 import torch
-from torch.func import grad, grad_and_value, jvp, vjp
+from torch.func import grad, grad_and_value, vjp
 
 from bilevel import checks
 from bilevel.estimators.base import average_at_solutions, estimators, solve_info
@@ -84,8 +84,12 @@ class IMAML:
             def g_phi(x, h):
                 return grad(lambda x: problem.inner_objective(unravel(x), h, task))(x)
 
+            # One reverse pass through the gradient, its pull-back applied once per CG step:
+            # v^T H = H v (H symmetric), each product a backward pass of that graph.
+            _, pull_back = vjp(lambda x: g_phi(x, h), flat_phi)
+
             def hessian_vector_product(v):
-                return jvp(lambda x: g_phi(x, h), (flat_phi,), (v,))[1]
+                return pull_back(v)[0]
 
             (f_phi, f_h), val_loss = grad_and_value(
                 lambda x, h: problem.val_loss(unravel(x), h, task), argnums=(0, 1))(flat_phi, h)
@@ -97,6 +101,8 @@ class IMAML:
 
         grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         k, c = solver.steps, self.cg_steps
-        cost = Cost(inner_grad_evals=k, grad_evals=k + c + 1, hvps=c, mixed_products=1)
+        # The gradient d_phi g is evaluated (traced) twice: once for the pull-back that gives
+        # the c products, once for the mixed product.
+        cost = Cost(inner_grad_evals=k, grad_evals=k + 2, hvps=c, mixed_products=1)
         per_task = {"cg_steps": stats["cg_steps"], "cg_residual": stats["cg_residual"]}
         return grads, solve_info("imaml", stats, cost, per_task=per_task)

@@ -148,7 +148,14 @@ class CountingSolver(InnerSolver):
     def stepwise(self) -> bool:
         return is_stepwise(self.solver)
 
+    @property
+    def linear_steps(self) -> bool:
+        return getattr(self.solver, "linear_steps", False)
+
     def _counted(self, grad_fn):
+        if not getattr(grad_fn, "is_gradient", True):  # fo-bmaml-jvp's maps of its tangents
+            return grad_fn
+
         def counted(phi):
             # Called outside grad_fn's own transform: one gradient per batch element.
             self.counter.first_order += transforms()[1]
