@@ -51,6 +51,20 @@ def test_every_estimator_compiled_equals_eager_float64(method):
     assert torch.equal(fast_info.inner_steps, eager_info.inner_steps)
 
 
+@pytest.mark.parametrize("method, options, solver", [
+    ("fo-bmaml-jvp", {}, bilevel.solvers.GD(lr=0.05, steps=3)),
+    ("fo-bmaml-jvp", {}, bilevel.solvers.Nesterov(lr=0.05, steps=3, tol=1e-3)),
+    ("imaml", {"cg_steps": 3}, bilevel.solvers.GD(lr=0.05, steps=3)),
+], ids=["jvp-linear-steps", "jvp-pushed-steps", "imaml"])
+def test_hessian_vector_products_compile_through_an_mlp(method, options, solver):
+    """Their products are reverse over reverse: forward mode through an MLP's matrix
+    products did not compile (torch 2.13: "Tensor device mismatch ... meta and cpu")."""
+    problem = TinyMLPRegression()
+    h, tasks = problem.init_hyper(seeded(0)), problem.sample_tasks(3, seeded(1))
+    (eager, _), (fast, _) = both(problem, h, tasks, solver, method, **options)
+    assert relative_error(fast, eager) < 1e-10
+
+
 @pytest.mark.inductor
 def test_generated_code_equals_eager_float64():
     problem, h, tasks = quadratic()
