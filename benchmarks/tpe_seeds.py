@@ -32,7 +32,7 @@ def main(argv=None):
     parser.add_argument("--budget", type=int, default=8000,
                         help="inner gradient evaluations per seed (40 trials of 200)")
     parser.add_argument("--best", type=float, default=0.1863,
-                        help="the best validation loss of all runs (docs/results/compare_optuna.md)")
+                        help="the best of all runs (docs/results/compare_optuna.md)")
     parser.add_argument("--against", type=int, default=1590)
     args = parser.parse_args(argv)
     target = 1.01 * args.best
