@@ -88,6 +88,15 @@ def overhead_section(sinusoid, training) -> list[str]:
     return lines + [""]
 
 
+def load_note(loads: list) -> str:
+    """What the load average says about the timings (above 1: more than this job ran on
+    the 2 cores, or TorchInductor's compile workers did)."""
+    if max(loads, default=0) < 1:
+        return "nothing else ran"
+    return ("above 1: other jobs, or TorchInductor's compile workers, ran beside it; absolute "
+            "times are inflated, ratios less so")
+
+
 def compiled_section(data) -> list[str]:
     cache = "a fresh TorchInductor cache (a first run)" if data["cold_cache"] else \
         "TorchInductor's warm cache"
@@ -99,7 +108,7 @@ def compiled_section(data) -> list[str]:
              "compile time. Difference: relative L2 between the two results. The machine's "
              "load average (1 min, 2 cores) was "
              f"{' then '.join(f'{x:.1f}' for x in data.get('load_average_1min', []))} "
-             "(other jobs ran beside it: absolute times are inflated, ratios less so).", "",
+             f"({load_note(data.get('load_average_1min', []))}).", "",
              "| case | solver | eager [ms] | compiled [ms] | speed-up | compile [s] | "
              "break-even [steps] | difference |", "|---" * 8 + "|"]
     for r in data["rows"]:

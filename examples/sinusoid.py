@@ -152,7 +152,9 @@ def markdown(args, results) -> str:
         f"||phi - theta||^2, lam = {LAM:g} (fixed, or learned from there), "
         f"solved by Nesterov (lr {PROXIMAL.lr}, momentum {PROXIMAL.momentum}, "
         f"{PROXIMAL.steps} steps); iMAML uses 5 CG steps, FO-B-MAML the symmetric difference "
-        "with nu auto (4.9e-3).",
+        "with nu auto (chosen per task, docs/theory.md), FO-B-MAML-JVP the same derivative "
+        "in nu by its tangent recursion. *compiled*: compile=True, compile time (a fresh "
+        "TorchInductor cache in the reference run) included in the meta-train time.",
         "",
         "Test-time rules: *10 GD steps* = 10 steps of GD at lr 0.01 on the support loss from "
         "theta (the protocol's rule, for every method); *proximal solve* = the B-MAML inner "
