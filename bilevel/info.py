@@ -36,9 +36,9 @@ class Cost:
     grad_evals        every evaluation of a derivative of g, first order or higher, in phi
                       or in h: the solver's gradients, fo-bmaml's psi = d_h g at each
                       stencil point and the two gradients of g that its nu="auto" reads
-                      (and two of val_loss, not counted), and the gradient that each
-                      second-order product below evaluates on its way (forward-over-
-                      reverse or reverse-over-reverse computes it again)
+                      (and two of val_loss, not counted), and the gradient that the
+                      second-order products below evaluate on their way (once per product,
+                      or once for all the products of one reused pull-back: imaml's CG)
     hvps              products d_phi^2 g . v with the inner Hessian: maml's backward
                       pass through each step, fo-bmaml-jvp's tangent of each step, imaml's
                       conjugate-gradient steps; exact forms its dense Hessian from n_params
