@@ -78,13 +78,21 @@ def test_exact_runs_eagerly_with_a_warning_or_refuses_strictly():
     failed attempt breaks later torch.func calls: exact is never handed to the compiler."""
     problem, h, tasks = quadratic()
     solver = bilevel.solvers.GD(lr=0.2, steps=4)
-    eager, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="exact")
-    with pytest.warns(RuntimeWarning, match="method 'exact' runs eagerly: torch.compile"):
-        fast, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="exact",
+    assert_runs_eagerly_or_refuses(problem, h, tasks, solver, "exact",
+                                   warning="method 'exact' runs eagerly: torch.compile",
+                                   refusal="method 'exact' cannot be compiled")
+
+
+def assert_runs_eagerly_or_refuses(problem, h, tasks, solver, method, warning, refusal):
+    """compile=True warns (matching `warning`) and gives the eager result exactly;
+    compile="strict" raises CompileError (matching `refusal`)."""
+    eager, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method)
+    with pytest.warns(RuntimeWarning, match=warning):
+        fast, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
                                         compile=True)
     assert relative_error(fast, eager) == 0.0
-    with pytest.raises(CompileError, match="method 'exact' cannot be compiled"):
-        bilevel.hypergradient(problem, h, tasks, solver=solver, method="exact",
+    with pytest.raises(CompileError, match=refusal):
+        bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
                               compile="strict")
 
 
@@ -137,17 +145,13 @@ def test_untraceable_loss_falls_back_to_eager_with_one_warning():
     problem = ExtensionInLoss(dim=3, n_tasks=2, kappa=2.0)
     h, tasks = problem.init_hyper(seeded(0)), problem.all_tasks()
     solver = bilevel.solvers.GD(lr=0.3, steps=3)
-    eager, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml")
-    with pytest.warns(RuntimeWarning, match="cannot compile .*running it eagerly"):
-        fast, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml",
-                                        compile=True)
-    assert relative_error(fast, eager) == 0.0
+    # Strict still refuses after the fallback.
+    assert_runs_eagerly_or_refuses(problem, h, tasks, solver, "fomaml",
+                                   warning="cannot compile .*running it eagerly",
+                                   refusal="cannot compile")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: the eager fallback is remembered
         bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml", compile=True)
-    with pytest.raises(CompileError, match="cannot compile"):  # strict still refuses
-        bilevel.hypergradient(problem, h, tasks, solver=solver, method="fomaml",
-                              compile="strict")
 
 
 def test_strict_compile_refuses_an_untraceable_loss_with_a_clear_error():

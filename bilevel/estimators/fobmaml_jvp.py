@@ -120,9 +120,9 @@ def _tangent_recursion(problem, h, tasks, solver, inits):
         queries = []
 
         def gradient(y):
-            gradient, pull_back = vjp(lambda y: grad(problem.inner_objective)(y, h, task), y)
+            value, pull_back = vjp(lambda y: grad(problem.inner_objective)(y, h, task), y)
             queries.append((y, pull_back))
-            return gradient
+            return value
 
         def d_gradient(dy):
             y, pull_back = queries[0]
@@ -140,10 +140,12 @@ def _tangent_recursion(problem, h, tasks, solver, inits):
                 lambda y: points.append(y) or tree_map(torch.zeros_like, y)))
             return points[0]
 
+        def step_given(x, value):
+            """Step k with `value` as the gradient."""
+            return solver.step(k, x, aux, not_a_gradient(lambda _: value))
+
         y, dy = jvp(query_point, (x,), (tangent,))
-        gradient_y = gradient(y)
-        return jvp(lambda x, gradient: solver.step(k, x, aux, not_a_gradient(lambda _: gradient)),
-                   (x, gradient_y), (tangent, d_gradient(dy)), has_aux=True)
+        return jvp(step_given, (x, gradient(y)), (tangent, d_gradient(dy)), has_aux=True)
 
     def finish(state):
         x, tangent, aux = state
