@@ -10,6 +10,12 @@ K times (`bilevel.inner.solve_batch`), so the compile time does not grow with th
 of inner steps; a solve that only `run` defines, and MAML's reverse pass through the
 solve, compile unrolled.
 
+On CUDA, compiled functions also replay CUDA graphs (TorchInductor's "reduce-overhead"
+mode: one launch for all of a function's kernels, where a small problem's step is bound by
+launches); each call begins a new step of torch's CUDA graph trees and clones what the graph
+returns, so that a later replay cannot overwrite a result still in use. `CUDA_GRAPHS =
+False` turns the graphs off.
+
 Where `torch.compile` cannot trace a function (a Python branch on a tensor in a user's
 loss, an operator it does not support), `compile=True` runs that function eagerly after
 one warning naming the reason; `compile="strict"` raises `CompileError` instead.
@@ -23,12 +29,14 @@ from collections import OrderedDict
 
 import torch
 from torch.func import vmap
+from torch.utils._pytree import tree_leaves, tree_map
 
 from bilevel.errors import BilevelError, InvalidInputError
 
 MODES = (False, True, "strict")
 BACKEND = "inductor"  # torch.compile's backend ("aot_eager" traces without generating code)
 CACHE_SIZE = 64  # compiled functions kept (least recently used dropped)
+CUDA_GRAPHS = True  # with the inductor backend, CUDA inputs replay CUDA graphs
 
 _mode = contextvars.ContextVar("bilevel_compile", default=False)
 _cache: OrderedDict = OrderedDict()
@@ -91,7 +99,7 @@ class _Compiled:
 
     def __init__(self, fn, name: str):
         self.eager, self.name, self.failure = fn, name, None
-        self.compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=BACKEND)
+        self.compiled = {}  # by whether it replays CUDA graphs, made at the first such call
         # Our cache decides what is compiled; dynamo's limit of recompilations per code
         # object (8) would count every estimator's functions together (they share vmap's
         # code) and silently run the rest eagerly.
@@ -101,7 +109,10 @@ class _Compiled:
     def __call__(self, *args):
         if self.failure is None:
             try:
-                return self.compiled(*args)
+                if _replays_cuda_graphs(args):
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return tree_map(torch.Tensor.clone, self._compiled(graphs=True)(*args))
+                return self._compiled(graphs=False)(*args)
             except torch._dynamo.exc.TorchDynamoException as error:
                 self.failure = _reason(error)
                 if _mode.get() != "strict":
@@ -113,6 +124,20 @@ class _Compiled:
                 f"torch.compile cannot compile {self.name}: {self.failure}; fix it, or pass "
                 "compile=True to run what cannot be compiled eagerly")
         return self.eager(*args)
+
+    def _compiled(self, graphs: bool):
+        if graphs not in self.compiled:
+            mode = {"mode": "reduce-overhead"} if graphs else {}
+            self.compiled[graphs] = torch.compile(self.eager, fullgraph=True, dynamic=False,
+                                                  backend=BACKEND, **mode)
+        return self.compiled[graphs]
+
+
+def _replays_cuda_graphs(args) -> bool:
+    if not CUDA_GRAPHS or BACKEND != "inductor":
+        return False
+    first = next((leaf for leaf in tree_leaves(args) if isinstance(leaf, torch.Tensor)), None)
+    return first is not None and first.is_cuda
 
 
 def _name(fn) -> str:

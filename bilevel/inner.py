@@ -91,7 +91,8 @@ def run_steps(start, step, finish, steps: int, inits, args, in_dims):
         length = min(UNROLL, steps - first)
         run_chunk = compiled.batch(functools.partial(chunk, length=length),
                                    in_dims=(None, 0, *in_dims))
-        state = run_chunk(torch.tensor(float(first), dtype=torch.float64, device=device),
+        # torch.full, not torch.tensor: a copy from the host would wait for the GPU.
+        state = run_chunk(torch.full((), float(first), dtype=torch.float64, device=device),
                           state, *args)
     return vmap(finish)(state)
 

@@ -133,6 +133,62 @@ def test_compile_time_does_not_grow_with_inner_steps():
     assert relative_error(fast, eager) < 1e-10
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@needs_cuda
+@pytest.mark.inductor
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_graphs_replay_every_estimator_equal_to_eager(method):
+    """On CUDA the compiled functions replay CUDA graphs: a first call compiles, a second
+    records, later calls replay. Every result equals eager, also those kept across later
+    replays (a replay must not overwrite them); no graph is skipped and a new batch of the
+    same shapes records nothing new."""
+    problem = Quadratic(dim=4, kappa=4.0, lam=1.0, n_tasks=6, distinct_val=True,
+                        device="cuda")
+    h = problem.init_hyper(seeded(1))
+    batches = [problem.sample_tasks(3, seeded(seed)) for seed in (2, 2, 2, 3)]
+    solver = bilevel.solvers.Nesterov(lr=0.2, steps=12, momentum=0.5)  # chunks of 5, 5, 2
+    eager = [bilevel.hypergradient(problem, h, tasks, solver=solver, method=method)[0]
+             for tasks in batches]
+    counters.clear()
+    fast = [bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
+                                  compile="strict")[0] for tasks in batches[:3]]
+    graphs = counters["stats"]["unique_graphs"]
+    fast.append(bilevel.hypergradient(problem, h, batches[3], solver=solver, method=method,
+                                      compile="strict")[0])
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] > 0  # graphs ran
+    for fast_result, eager_result in zip(fast, eager, strict=True):
+        assert relative_error(fast_result, eager_result) < 1e-10
+
+
+@needs_cuda
+@pytest.mark.inductor
+def test_cuda_graphs_float32_mlp_within_round_off():
+    problem = TinyMLPRegression(dtype=torch.float32, device="cuda")
+    h, tasks = problem.init_hyper(seeded(0)), problem.sample_tasks(5, seeded(1))
+    solver = bilevel.solvers.GD(lr=0.05, steps=7)
+    eager, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fo-bmaml")
+    for _ in range(3):
+        fast, _ = bilevel.hypergradient(problem, h, tasks, solver=solver, method="fo-bmaml",
+                                        compile="strict")
+        assert relative_error(fast, eager) < 1e-4  # round-off over nu
+
+
+@needs_cuda
+@pytest.mark.inductor
+def test_meta_train_with_cuda_graphs_follows_eager():
+    problem = Quadratic(dim=4, kappa=4.0, n_tasks=6, device="cuda")
+    settings = dict(solver=bilevel.solvers.GD(lr=0.2, steps=5), method="fo-bmaml",
+                    outer={"name": "adam", "lr": 0.05}, steps=4, tasks_per_step=3,
+                    eval_every=2, eval_tasks=2, progress=False)
+    eager = bilevel.meta_train(problem, **settings)
+    fast = bilevel.meta_train(problem, compile="strict", **settings)
+    assert relative_error(fast.h, eager.h) < 1e-10
+
+
 class ExtensionInLoss(Quadratic):
     """A loss that calls into a C extension (os.getpid stands in for one), which vmap runs
     and torch.compile cannot trace."""
