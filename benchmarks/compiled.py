@@ -7,11 +7,17 @@ compiling has paid for itself, and the relative difference of the two results (f
 float64 for the rows marked so). Then the per-step cost of fo-bmaml-jvp and imaml against
 fomaml, eager and compiled. Prints JSON.
 
+With --device cuda: the same workload on the GPU, compiled with and without CUDA graphs
+(`bilevel.compiled.CUDA_GRAPHS`) against eager, each call synchronised, at 10 inner steps
+and (fewer repeats, eager once) at 100 and 1000; with the peak GPU memory of one call
+above what was allocated before it (`torch.cuda.max_memory_allocated`). Rows start until
+--deadline seconds have passed; each row also goes to stderr as it is measured.
+
 TorchInductor keeps what it generated in a cache directory; by default this script uses a
 fresh one, so compile times are those of a first run on a new machine (--warm: the
 default cache, as a second run sees it).
 
-    python benchmarks/compiled.py [--repeats 15] [--warm] [--quick]
+    python benchmarks/compiled.py [--repeats 15] [--warm] [--quick] [--device cuda]
 """
 
 import argparse
@@ -45,45 +51,94 @@ def cases(quick: bool):
     return rows
 
 
-def measure(name, form, method, options, solver, dtype, repeats) -> dict:
+def cuda_cases(quick: bool):
+    """(name, form, method, options, solver spec, dtype) of each CUDA row: the target rows
+    first, then each B-MAML-form estimator at 10, 100 and 1000 steps (the longer solves
+    reuse the 10-step solve's compiled chunks)."""
+    rows = cases(quick=True)
+    if quick:
+        return rows
+    for name, method, options in (("fomaml (B-MAML form)", "fomaml", {}),
+                                  ("fo-bmaml", "fo-bmaml", {}),
+                                  ("fo-bmaml-jvp", "fo-bmaml-jvp", {}),
+                                  ("imaml, 5 CG steps", "imaml", {"cg_steps": 5}),
+                                  ("reptile", "reptile", {})):
+        for steps in (10, 100, 1000):
+            if (method, steps) != ("fo-bmaml", 10):  # a target row
+                gd = {"name": "gd", "lr": 0.01, "steps": steps}
+                suffix = "" if steps == 10 else f", {steps} steps"
+                rows.append((name + suffix, "bmaml", method, options, gd, "float32"))
+    return rows
+
+
+def measure(name, form, method, options, solver, dtype, repeats, device="cpu") -> dict:
     import torch
 
     import bilevel
+    from bilevel import compiled
     from bilevel.tree import relative_error
     from problems.sinusoid import Sinusoid
 
     generator = torch.Generator().manual_seed(0)
-    problem = Sinusoid(form=form, lam=10.0, dtype=getattr(torch, dtype))
+    problem = Sinusoid(form=form, lam=10.0, dtype=getattr(torch, dtype), device=device)
     h, tasks = problem.init_hyper(generator), problem.sample_tasks(25, generator)
+    # Variants: eager, compiled, and on CUDA compiled with CUDA graphs.
+    variants = {"eager": (False, False), "compiled": (True, False)}
+    if device == "cuda":
+        variants["graphs"] = (True, True)
 
-    def call(compile):
-        return bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
-                                     compile=compile, **options)[0]
+    def call(variant):
+        compile, compiled.CUDA_GRAPHS = variants[variant]
+        start = time.perf_counter()
+        result = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
+                                       compile=compile, **options)[0]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return result, time.perf_counter() - start
 
-    eager = call(False)  # warm: the problem's checks and torch's first-call costs
-    start = time.perf_counter()
-    eager = call(False)
-    eager_once = time.perf_counter() - start
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        fast = call(True)
-    compile_s = time.perf_counter() - start - eager_once
-    fallbacks = [str(w.message) for w in caught if "bilevel:" in str(w.message)]
-    times = {False: [], True: []}
+    long = device == "cuda" and solver["steps"] >= 100  # eager once: ~4 ms per step on CUDA
+    eager, eager_once = call("eager")
+    if not long:  # again, warm: the problem's checks and torch's first-call costs
+        eager, eager_once = call("eager")
+    row = {"case": name, "method": method, "solver": solver, "dtype": dtype}
+
+    def key(variant, what):  # "compiled"'s keys unprefixed (the CPU report reads them)
+        return what if variant == "compiled" else f"{variant}_{what}"
+
+    times = {variant: [eager_once] if long and variant == "eager" else []
+             for variant in variants}
+    for variant in list(variants)[1:]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            fast, first = call(variant)
+        # A long row's chunks were compiled by its 10-step row: nothing to pay off.
+        row[key(variant, "compile_s")] = None if long else first - eager_once
+        row[key(variant, "eager_fallbacks")] = [str(w.message) for w in caught
+                                                if "bilevel:" in str(w.message)]
+        row[key(variant, "relative_difference")] = relative_error(fast, eager)
     for _ in range(repeats):
-        for mode in (False, True):
-            start = time.perf_counter()
-            call(mode)
-            times[mode].append(time.perf_counter() - start)
-    eager_s, compiled_s = statistics.median(times[False]), statistics.median(times[True])
-    saved = eager_s - compiled_s
-    return {"case": name, "method": method, "solver": solver, "dtype": dtype,
-            "eager_s": eager_s, "compiled_s": compiled_s, "speedup": eager_s / compiled_s,
-            "compile_s": compile_s,
-            "break_even_steps": compile_s / saved if saved > 0 else None,
-            "relative_difference": relative_error(fast, eager),
-            "eager_fallbacks": fallbacks}
+        for variant in variants:
+            if not (long and variant == "eager"):
+                times[variant].append(call(variant)[1])
+    for variant, measured in times.items():
+        row[f"{variant}_s"] = statistics.median(measured)
+    for variant in list(variants)[1:]:
+        saved = row["eager_s"] - row[f"{variant}_s"]
+        row[key(variant, "speedup")] = row["eager_s"] / row[f"{variant}_s"]
+        compile_s = row[key(variant, "compile_s")]
+        row[key(variant, "break_even_steps")] = (compile_s / saved if saved > 0 and compile_s
+                                                 is not None else None)
+    if device == "cuda":
+        for variant in variants:
+            if long and variant == "eager":
+                continue
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            call(variant)
+            row[f"{variant}_peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    compiled.CUDA_GRAPHS = True
+    return row
 
 
 def per_step_ratios(rows) -> dict:
@@ -92,9 +147,9 @@ def per_step_ratios(rows) -> dict:
     base = by_case.get("fomaml (B-MAML form)")
     if base is None:
         return {}
-    return {case: {mode: by_case[case][f"{mode}_s"] / base[f"{mode}_s"]
-                   for mode in ("eager", "compiled")}
-            for case in ("fo-bmaml-jvp", "imaml, 5 CG steps")}
+    modes = [mode for mode in ("eager", "compiled", "graphs") if f"{mode}_s" in base]
+    return {case: {mode: by_case[case][f"{mode}_s"] / base[f"{mode}_s"] for mode in modes}
+            for case in ("fo-bmaml-jvp", "imaml, 5 CG steps") if case in by_case}
 
 
 def main(argv=None):
@@ -102,17 +157,28 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warm", action="store_true", help="use TorchInductor's own cache")
     parser.add_argument("--quick", action="store_true", help="the four target rows only")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--deadline", type=float, default=float("inf"),
+                        help="start no row after this many seconds")
     args = parser.parse_args(argv)
     if not args.warm:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bilevel-inductor-")
     import torch
 
     torch.set_num_threads(1)
-    load_before = os.getloadavg()[0]
-    rows = [measure(*case, repeats=args.repeats) for case in cases(args.quick)]
-    print(json.dumps({"device": "cpu", "threads": 1, "torch": torch.__version__,
+    load_before, began = os.getloadavg()[0], time.perf_counter()
+    rows, skipped = [], []
+    for case in (cuda_cases if args.device == "cuda" else cases)(args.quick):
+        if time.perf_counter() - began > args.deadline:
+            skipped.append(case[0])
+            continue
+        rows.append(measure(*case, repeats=args.repeats, device=args.device))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    gpu = {"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {}
+    print(json.dumps({"device": args.device, **gpu, "threads": 1, "torch": torch.__version__,
                       "load_average_1min": [load_before, os.getloadavg()[0]],
                       "cold_cache": not args.warm, "repeats": args.repeats, "rows": rows,
+                      "skipped_at_deadline": skipped,
                       "over_fomaml": per_step_ratios(rows)}, indent=1))
 
 
