@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) examples/quadratic_demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
