@@ -164,6 +164,14 @@ def test_cuda_graphs_replay_every_estimator_equal_to_eager(method):
         assert relative_error(fast_result, eager_result) < 1e-10
 
 
+def test_the_device_that_decides_on_cuda_graphs_is_the_first_tensor_argument(monkeypatch):
+    first, second = torch.zeros(2), torch.ones(3)
+    assert compiled._first_tensor((3, {"a": (), "b": [None, first]}, second)) is first
+    assert compiled._first_tensor(((), {}, "x")) is None
+    monkeypatch.setattr(compiled, "BACKEND", "inductor")
+    assert not compiled._replays_cuda_graphs((first,))  # a CPU tensor
+
+
 @needs_cuda
 @pytest.mark.inductor
 def test_cuda_graphs_float32_mlp_within_round_off():
