@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import torch
 from torch.func import vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_iter, tree_map
 
 from bilevel.errors import BilevelError, InvalidInputError
 
@@ -99,7 +99,7 @@ class _Compiled:
 
     def __init__(self, fn, name: str):
         self.eager, self.name, self.failure = fn, name, None
-        self.compiled = {}  # by whether it replays CUDA graphs, made at the first such call
+        self.by_graphs = {}  # compiled fn by whether it replays CUDA graphs, made when first needed
         # Our cache decides what is compiled; dynamo's limit of recompilations per code
         # object (8) would count every estimator's functions together (they share vmap's
         # code) and silently run the rest eagerly.
@@ -126,11 +126,11 @@ class _Compiled:
         return self.eager(*args)
 
     def _compiled(self, graphs: bool):
-        if graphs not in self.compiled:
+        if graphs not in self.by_graphs:
             mode = {"mode": "reduce-overhead"} if graphs else {}
-            self.compiled[graphs] = torch.compile(self.eager, fullgraph=True, dynamic=False,
-                                                  backend=BACKEND, **mode)
-        return self.compiled[graphs]
+            self.by_graphs[graphs] = torch.compile(self.eager, fullgraph=True, dynamic=False,
+                                                   backend=BACKEND, **mode)
+        return self.by_graphs[graphs]
 
 
 def _replays_cuda_graphs(args) -> bool:
@@ -141,16 +141,9 @@ def _replays_cuda_graphs(args) -> bool:
 
 
 def _first_tensor(tree):
-    """The first tensor of a tree of dicts, tuples and lists (flattening it all would cost
-    ~20 us per call on the sinusoid's arguments)."""
-    if isinstance(tree, torch.Tensor):
-        return tree
-    for item in tree.values() if isinstance(tree, dict) else \
-            tree if isinstance(tree, tuple | list) else ():
-        found = _first_tensor(item)
-        if found is not None:
-            return found
-    return None
+    """The first tensor leaf of a pytree, found lazily (flattening the sinusoid's arguments
+    whole costs ~20 us per call, this 2-5 us)."""
+    return next((leaf for leaf in tree_iter(tree) if isinstance(leaf, torch.Tensor)), None)
 
 
 def _name(fn) -> str:
