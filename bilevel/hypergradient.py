@@ -59,11 +59,10 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     check_hyper(h)
     check_task_count(check_tasks(tasks))
     check_values(h, tasks, finite=on_non_finite != "keep")
-    if not isinstance(method, str):
-        raise InvalidInputError(f"method must be a string, got {method!r}")
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
     compiled.check_mode(compile)
-    estimator = estimators.build(method, options, argument=f"hypergradient(method={method!r})")
+    estimator = _estimator(method, options)
+    method = estimators.name_of(estimator) or type(estimator).__qualname__
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
     h, tasks = detach(h), detach(tasks)
@@ -77,6 +76,20 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
         if _all_finite(grad, info):
             return grad, info
         return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
+
+
+def _estimator(method, options: dict):
+    """The estimator: `method` itself (an estimator object), or built from its registered
+    name and `options`."""
+    if isinstance(method, str):
+        return estimators.build(method, options, argument=f"hypergradient(method={method!r})")
+    if options:
+        raise InvalidInputError(f"hypergradient: options {', '.join(sorted(options))} go with "
+                                f"a method name; got an estimator object, {method!r}")
+    if estimators.name_of(method) is None:
+        raise InvalidInputError(f"method must be a registered estimator's name or an "
+                                f"estimator object, got {method!r}")
+    return method
 
 
 def _all_finite(grad, info) -> bool:

@@ -139,6 +139,8 @@ class OuterOptimizer:
 
     @classmethod
     def parse(cls, spec, argument: str = "outer") -> "OuterOptimizer":
+        if isinstance(spec, OuterOptimizer):
+            return spec
         name, options = name_and_options(spec, argument)
         clip = checks.optional_positive(f"{argument}['clip']", options.pop("clip", None))
         schedule = options.pop("schedule", None)

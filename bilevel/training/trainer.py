@@ -19,24 +19,23 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel import checks, compiled, devices
+from bilevel import compiled, devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
-from bilevel.estimators import estimators
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
 from bilevel.info import LOSS_KEY
-from bilevel.registry import name_and_options
-from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
 from bilevel.training import warm_start as warm_starts
-from bilevel.training.hyper_penalty import HyperPenalty
+from bilevel.training.callbacks import Callback
 from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_finite, run_generator
-from bilevel.training.optimizers import OuterOptimizer, global_norm
+from bilevel.training.optimizers import global_norm
 from bilevel.training.rundir import RunDirectory, check_settings, settings_digest
+from bilevel.training.spec import RunSpec
 
 # Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
 # error names them.
@@ -56,64 +55,46 @@ class MetaTrainResult:
     summary: dict
 
 
-def meta_train(problem, *, solver, method="fo-bmaml", outer="adam", steps: int,
-               tasks_per_step: int, eval_every: int = 0, eval_tasks: int = 0, seed: int = 0,
-               out=None, checkpoint_every: int | None = None, resume: bool = False,
-               progress: bool = True, divergence_factor: float = 1e3,
-               compile: bool | str = False, threads: int | None = None, warm_start=None,
-               hyper_penalty=None) -> MetaTrainResult:
-    """Meta-train h = problem.init_hyper() for `steps` outer steps.
+def meta_train(problem, spec: RunSpec | None = None, *, out=None, resume: bool = False,
+               callbacks: Sequence[Callback] = (), **options) -> MetaTrainResult:
+    """Meta-train h = problem.init_hyper() as `spec` says (a `RunSpec`), or as the keyword
+    `options` say, which build one: `meta_train(problem, solver=..., method=..., steps=...,
+    tasks_per_step=...)`, with evaluation as `eval_every` and `eval_tasks` (both 0: never);
+    every other keyword is a `RunSpec` field (`bilevel.training.spec`, which says what each
+    one means).
 
-    solver: the inner solver (`bilevel.solvers.InnerSolver`), or {"name": ..., **options};
-    method: an estimator name or {"name": ..., **options};
-    outer: an outer optimizer name or {"name": ..., **options, "clip": max norm,
-        "schedule": {"name": ..., **options}} (`bilevel.training.optimizers`);
-    eval_every, eval_tasks: evaluate on eval_tasks held-out tasks (drawn once) every
-        eval_every steps and at the last step (both 0: never);
-    seed: seeds the task, held-out and init generators and torch's global generator;
     out: run directory (settings.json, metrics.jsonl, summary.json, plots, checkpoint.pt);
-    checkpoint_every: also checkpoint every this many steps (always at the end, with out);
-    resume: continue the run in `out` from its checkpoint, bit for bit on CPU;
-    divergence_factor: a blow-up that stays finite stops the run too: an inner solve whose
-        final gradient norm exceeds its first by this factor, or a loss this many times the
-        run's first (in absolute value);
-    compile: run the hypergradients and held-out solves compiled (True, or "strict": no
-        eager fallback), as `hypergradient(compile=...)`; close to eager (within float
-        round-off) but not bit for bit, so it is part of the run's settings;
-    threads: torch's CPU threads during the run (restored after); None: the environment
-        variable BILEVEL_THREADS, else 1 (`bilevel.devices.threads`): the batched work of
-        small problems runs fastest on one thread;
-    warm_start: None (every step's solves start at problem.inner_init), or
-        {"steps": k, "estimator_steps": k'} (`bilevel.training.warm_start.WarmStart`): for
-        problems whose tasks are the same every step, each step continues the previous
-        step's inner solutions for k steps and starts the estimator's solves there, with k'
-        steps (default k); kept in checkpoints, counted in inner_grad_evals;
-    hyper_penalty: None, or {"weight": w, "leaves": [dotted paths into h]}
-        (`bilevel.training.hyper_penalty.HyperPenalty`): minimise F(h) + w/2 sum over those
-        leaves of ||leaf - mean(leaf)||^2 (a remedy for overfitting the validation set).
+    resume: continue the run in `out` from its checkpoint, bit for bit on CPU (the options
+        of `bilevel.training.spec.RESUMABLE` may change, no other);
+    callbacks: `Callback`s told of every completed step and evaluation (after its
+        checkpoint); one that raises stops the run, its last step kept.
 
     Raises DivergenceError when a loss, an inner gradient norm or the hypergradient is not
-    finite, or grows past divergence_factor (the last good checkpoint is kept); warns once
-    when the inner solves are far from converged for an estimator that assumes they are;
-    KeyboardInterrupt (Ctrl-C) checkpoints the last completed step and re-raises.
+    finite, or grows past spec.divergence_factor (the last good checkpoint is kept); warns
+    once when the inner solves are far from converged for an estimator that assumes they
+    are; KeyboardInterrupt (Ctrl-C) checkpoints the last completed step and re-raises.
     """
-    run = _Run(problem, solver=solver, method=method, outer=outer, steps=steps,
-               tasks_per_step=tasks_per_step, eval_every=eval_every, eval_tasks=eval_tasks,
-               seed=seed, out=out, checkpoint_every=checkpoint_every, resume=resume,
-               divergence_factor=divergence_factor, compile=compile, warm_start=warm_start,
-               hyper_penalty=hyper_penalty)
+    if spec is None:
+        spec = RunSpec.from_keywords(**options)
+    elif options:
+        raise InvalidInputError(f"meta_train takes a spec or keyword options, not both; got "
+                                f"spec and {', '.join(sorted(options))}")
+    elif not isinstance(spec, RunSpec):
+        raise InvalidInputError(f"spec must be a bilevel.RunSpec, got {spec!r}")
+    run = _Run(problem, spec, out=out, resume=resume)
     interrupts, stack = _Interrupts(), contextlib.ExitStack()
     bar = None
     try:
-        stack.enter_context(devices.torch_threads(threads))
+        stack.enter_context(devices.torch_threads(spec.threads))
         run.start()
-        bar = _progress_bar(progress and run.processes.is_main, steps, run.step)
+        bar = _progress_bar(spec.progress and run.processes.is_main, spec.steps, run.step)
         with interrupts:
-            while run.step < steps:
+            while run.step < spec.steps:
                 record = run.train_step(interrupts)
                 if bar is not None:
                     bar.set_postfix_str(_postfix(record), refresh=False)
                     bar.update(1)
+                run.tell(callbacks, record)
         # Leave together: a gloo process that tears down its group while another still
         # writes its last checkpoint can abort at exit.
         distributed.barrier(run.processes)
@@ -135,34 +116,15 @@ class _Run:
     """The state of one run: h's leaf tensors, the outer optimizer and scheduler, the
     generators, the history; and the files of the main process."""
 
-    def __init__(self, problem, *, solver, method, outer, steps, tasks_per_step, eval_every,
-                 eval_tasks, seed, out, checkpoint_every, resume, divergence_factor, compile,
-                 warm_start, hyper_penalty):
+    def __init__(self, problem, spec: RunSpec, *, out, resume: bool):
         check_problem(problem)
-        self.problem, self.solver = problem, as_solver(solver)
-        self.method, self.method_options = _method(method)
-        self.outer = OuterOptimizer.parse(outer)
-        self.steps = checks.integer("steps", steps, minimum=1)
-        self.tasks_per_step = checks.integer("tasks_per_step", tasks_per_step, minimum=1)
-        self.eval_every = checks.integer("eval_every", eval_every)
-        self.eval_tasks = checks.integer("eval_tasks", eval_tasks)
-        if (self.eval_every == 0) != (self.eval_tasks == 0):
-            raise InvalidInputError(f"eval_every and eval_tasks must be both 0 (no evaluation) "
-                                    f"or both >= 1, got eval_every={eval_every!r}, "
-                                    f"eval_tasks={eval_tasks!r}")
-        self.seed = checks.integer("seed", seed)
-        if checkpoint_every is not None:
-            checks.integer("checkpoint_every", checkpoint_every, minimum=1)
-        if out is None and (resume or checkpoint_every is not None):
+        self.problem, self.spec = problem, spec
+        if out is None and (resume or spec.checkpoint_every is not None):
             raise InvalidInputError(
                 "resume and checkpoint_every need a run directory: pass out=DIR")
-        self.checkpoint_every, self.resume = checkpoint_every, resume
-        self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
-        self.compile = compiled.check_mode(compile)
-        self.warm_start = warm_starts.WarmStart.parse(warm_start)
-        self.warm = (None if self.warm_start is None
-                     else warm_starts.WarmStarts(self.warm_start, problem))
-        self.hyper_penalty = HyperPenalty.parse(hyper_penalty)
+        self.resume = resume
+        self.warm = (None if spec.warm_start is None
+                     else warm_starts.WarmStarts(spec.warm_start, problem))
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
@@ -178,30 +140,31 @@ class _Run:
         """Set the run up, in this order: torch's global seed, h, the process group, the
         held-out tasks, the task generator, h and state from a checkpoint (resume), the outer
         optimizer, the run directory."""
-        torch.manual_seed(self.seed)  # a resumed run restores the state saved instead
-        h = self.problem.init_hyper(run_generator(self.seed, 0))
+        spec = self.spec
+        torch.manual_seed(spec.seed)  # a resumed run restores the state saved instead
+        h = self.problem.init_hyper(run_generator(spec.seed, 0))
         check_hyper(h, name=f"{type(self.problem).__name__}.init_hyper()")
-        leaves, self.spec = tree_flatten(h)
-        if self.hyper_penalty is not None:
-            self.penalized = self.hyper_penalty.mask(h)
+        leaves, self.treespec = tree_flatten(h)
+        if spec.hyper_penalty is not None:
+            self.penalized = spec.hyper_penalty.mask(h)
         self.device = leaves[0].device
         self.processes = distributed.start(self.device)
         if self.warm is not None and self.processes.world_size > 1:
             raise InvalidInputError(f"warm_start runs in one process only, got "
                                     f"{self.processes.world_size} processes (torchrun)")
         self.eval_shard = None
-        if self.eval_tasks:
-            batch = held_out_tasks(self.problem, self.eval_tasks, self.seed)
-            self.eval_shard, _ = distributed.shard(batch, self.eval_tasks, self.processes,
+        if spec.eval is not None:
+            batch = held_out_tasks(self.problem, spec.eval.tasks, spec.seed)
+            self.eval_shard, _ = distributed.shard(batch, spec.eval.tasks, self.processes,
                                                    "eval_tasks")
-        self.generators = {"tasks": run_generator(self.seed, 1)}
+        self.generators = {"tasks": run_generator(spec.seed, 1)}
         self.dtype = leaves[0].dtype
         self.digest = settings_digest(self.settings(self.dtype))  # kept in every checkpoint
         saved = self._checkpoint() if self.resume else None
         if saved is not None:
-            leaves = _matching_leaves(saved["h"], self.spec, leaves, self.out)
+            leaves = _matching_leaves(saved["h"], self.treespec, leaves, self.out)
         self.params = [leaf.detach().clone().requires_grad_(True) for leaf in leaves]
-        self.optimizer, self.scheduler = self.outer.build(self.params)
+        self.optimizer, self.scheduler = spec.outer.build(self.params)
         if saved is not None:
             self._restore(saved)
         self.rng = checkpoint.rng_states(self.generators)
@@ -245,59 +208,43 @@ class _Run:
         self.files.restart_metrics(self.history)
 
     def settings(self, dtype) -> dict:
-        solver = {"name": solver_name(self.solver)}
-        if dataclasses.is_dataclass(self.solver):
-            solver |= dataclasses.asdict(self.solver)
-        estimator = estimators.build(self.method, self.method_options, argument="method")
-        settings = {
-            "problem": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
-            "solver": solver,
-            "method": {"name": self.method, **dataclasses.asdict(estimator)},
-            "outer": self.outer.as_dict(),
-            "steps": self.steps, "tasks_per_step": self.tasks_per_step,
-            "eval_every": self.eval_every, "eval_tasks": self.eval_tasks, "seed": self.seed,
-            "checkpoint_every": self.checkpoint_every, "world_size": self.processes.world_size,
-            "divergence_factor": self.divergence_factor, "compile": self.compile,
-            "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
-            "torch": torch.__version__,
-        }
-        # Absent when not used: the settings of older runs keep their digest.
-        if self.warm_start is not None:
-            settings["warm_start"] = self.warm_start.as_dict()
-        if self.hyper_penalty is not None:
-            settings["hyper_penalty"] = self.hyper_penalty.as_dict()
-        return settings
+        """The record of the run: the problem, the spec's options, and where it runs."""
+        return {"problem": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
+                **self.spec.record(), "world_size": self.processes.world_size,
+                "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
+                "torch": torch.__version__}
 
     # One step ------------------------------------------------------------------------
 
     def h(self) -> dict:
-        return tree_unflatten([p.detach() for p in self.params], self.spec)
+        return tree_unflatten([p.detach() for p in self.params], self.treespec)
 
     def train_step(self, interrupts: "_Interrupts") -> dict:
         t = self.step + 1
-        batch = self.problem.sample_tasks(self.tasks_per_step, self.generators["tasks"])
-        tasks, n_local = distributed.shard(batch, self.tasks_per_step, self.processes,
+        spec = self.spec
+        batch = self.problem.sample_tasks(spec.tasks_per_step, self.generators["tasks"])
+        tasks, n_local = distributed.shard(batch, spec.tasks_per_step, self.processes,
                                            "tasks_per_step")
-        problem, solver, warm, warm_entries = self.problem, self.solver, None, []
+        problem, solver, warm, warm_entries = self.problem, spec.solver, None, []
         if self.warm is not None:
             (problem, tasks, solver), warm, stats, steps = self.warm.prepare(
-                self.h(), tasks, self.solver, t)
+                self.h(), tasks, spec.solver, t)
             warm_entries = warm_starts.scalars(stats, steps * n_local, self.device)
         # "keep": a non-finite task stops the run below, as a DivergenceError.
         grad, info = hypergradient(problem, self.h(), tasks, solver=solver,
-                                   method=self.method, on_non_finite="keep",
-                                   compile=self.compile, **self.method_options)
-        grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, self.tasks_per_step,
+                                   method=spec.method, on_non_finite="keep",
+                                   compile=spec.compile)
+        grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, spec.tasks_per_step,
                                                          self.processes))[0]
         entries = []
-        if self.hyper_penalty is not None:
-            value, extra = self.hyper_penalty.value_and_grad(self.params, self.penalized)
+        if spec.hyper_penalty is not None:
+            value, extra = spec.hyper_penalty.value_and_grad(self.params, self.penalized)
             grads = [g + e for g, e in zip(grads, extra, strict=True)]
             entries.append(("hyper_penalty", value, "same"))
         norm = global_norm(grads)
         entries.append(("grad_norm", norm.detach().to(torch.float64), "same"))
         entries += info.scalars(self.device) + warm_entries
-        scalars = distributed.combine(entries, n_local, self.tasks_per_step, self.processes)
+        scalars = distributed.combine(entries, n_local, spec.tasks_per_step, self.processes)
         if self.warm is not None:  # the step's cost: the warm solves' and the estimator's
             for key in ("inner_grad_evals", "grad_evals"):
                 scalars[key] += scalars["warm_start_inner_grad_evals"]
@@ -306,7 +253,7 @@ class _Run:
         self._warn_if_unconverged(scalars)
         with interrupts.deferred():
             lr = self.optimizer.param_groups[0]["lr"]
-            coefficient = self.outer.clip_coefficient(norm)
+            coefficient = spec.outer.clip_coefficient(norm)
             for param, g in zip(self.params, grads, strict=True):
                 param.grad = g if coefficient is None else g * coefficient
             self.optimizer.step()
@@ -316,10 +263,10 @@ class _Run:
             record = {"step": t, "loss": scalars.pop("loss")}
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
-            if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
-                with compiled.compiling(self.compile):
+            if spec.eval is not None and (t % spec.eval.every == 0 or t == spec.steps):
+                with compiled.compiling(spec.compile):
                     means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
-                                                    self.solver, self.eval_tasks,
+                                                    spec.solver, spec.eval.tasks,
                                                     self.processes)
                 self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
                 self.held_out_evals_total += cost.inner_grad_evals
@@ -333,9 +280,27 @@ class _Run:
             self.rng = checkpoint.rng_states(self.generators)
             if self.files is not None:
                 self.files.log(record)
-                if t == self.steps or (self.checkpoint_every and t % self.checkpoint_every == 0):
+                every = spec.checkpoint_every
+                if t == spec.steps or (every and t % every == 0):
                     self.save()
         return record
+
+    def tell(self, callbacks: Sequence[Callback], record: dict) -> None:
+        """Each callback's hooks for the step just done; one that raises stops the run
+        (recorded as stopped, the step kept)."""
+        if not callbacks or not self.processes.is_main:
+            return
+        try:
+            for callback in callbacks:
+                callback.on_step(record, self.h())
+                if any(key.startswith("eval_") for key in record):
+                    callback.on_evaluation(record, self.h())
+        except Exception as error:
+            if self.files is not None and self.saved_step != self.step:
+                self.save()
+            self.finish("stopped", f"a callback stopped the run after step {self.step}: "
+                                   f"{type(error).__name__}: {error}")
+            raise
 
     def _check(self, t: int, values: dict, watched: dict) -> None:
         bad = non_finite(values, watched)
@@ -346,7 +311,7 @@ class _Run:
         """Blow-ups that stay finite (float64 can reach 1e+300): an inner solve whose gradient
         norm grew past divergence_factor times its first, or a loss that did against the
         run's first."""
-        ratio, factor = values.get("inner_grad_ratio_max"), self.divergence_factor
+        ratio, factor = values.get("inner_grad_ratio_max"), self.spec.divergence_factor
         if ratio is not None and ratio > factor:
             raise DivergenceError(t, "an inner solve", self._kept(), problem=(
                 f"blew up: its gradient norm grew {ratio:.3g}-fold over the solve (more than "
@@ -364,12 +329,12 @@ class _Run:
         metric = ("warm_start_grad_ratio_mean" if "warm_start_grad_ratio_mean" in values
                   else "inner_grad_ratio_mean")
         ratio = values.get(metric)
-        assumes = getattr(estimators.get(self.method), "assumes_converged_inner", False)
+        assumes = getattr(self.spec.method, "assumes_converged_inner", False)
         if self.warned_unconverged or not assumes or ratio is None or ratio <= 0.1:
             return
         self.warned_unconverged = True
         warnings.warn(f"the inner solves are far from converged (final / first gradient norm "
-                      f"{ratio:.2g} on average), but {self.method!r} assumes converged inner "
+                      f"{ratio:.2g} on average), but {self.spec.method_name!r} assumes converged inner "
                       "solutions: its hypergradient is biased; give the solver more steps or a "
                       f"larger lr (metrics: {metric})", stacklevel=4)
 
@@ -385,7 +350,7 @@ class _Run:
     def state(self) -> dict:
         return {
             "step": self.step,
-            "h": tree_unflatten([p.detach().cpu() for p in self.params], self.spec),
+            "h": tree_unflatten([p.detach().cpu() for p in self.params], self.treespec),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": self.rng,
@@ -421,7 +386,7 @@ class _Run:
 
     def finish(self, status: str, message: str | None = None) -> MetaTrainResult:
         summary = {"status": status, "message": message, "steps_completed": self.step,
-                   "seed": self.seed, "inner_grad_evals_total": self.evals_total,
+                   "seed": self.spec.seed, "inner_grad_evals_total": self.evals_total,
                    "held_out_inner_grad_evals_total": self.held_out_evals_total,
                    "total_inner_grad_evals": self.evals_total + self.held_out_evals_total,
                    "last": self.history[-1] if self.history else None}
@@ -432,14 +397,8 @@ class _Run:
             summary["best_eval"] = {"step": best["step"], key: best[key]}
         if self.files is not None:
             self.files.finish(summary, self.history)
-        h = tree_unflatten([p.detach().clone() for p in self.params], self.spec)
+        h = tree_unflatten([p.detach().clone() for p in self.params], self.treespec)
         return MetaTrainResult(h, self.history, self.out, summary)
-
-
-def _method(method) -> tuple[str, dict]:
-    name, options = name_and_options(method, "method")
-    estimators.build(name, options, argument="method")  # unknown names and options fail now
-    return name, options
 
 
 def _matching_leaves(saved_h, spec, fresh, out) -> list:

@@ -1,0 +1,181 @@
+"""`RunSpec`: one run of `meta_train`, every choice resolved once into typed objects.
+
+A run option is a field of `RunSpec`, with its type, default, bound and meaning, and is
+defined nowhere else: `meta_train`'s keywords build a `RunSpec`; the run level of a YAML
+config is derived from its fields (`bilevel.config.schema`); its serialised form,
+`RunSpec.record()`, is what a run directory records (settings.json, and the run keys of
+config.yaml). `RESUMABLE` names the options that a resumed run may change.
+
+    YAML keys / meta_train keywords -> RunSpec (built solver, estimator, outer optimizer,
+        warm start, penalty, evaluation, compilation) -> meta_train's run -> record()
+"""
+
+import dataclasses
+from typing import Any
+
+from bilevel import checks, compiled
+from bilevel.errors import InvalidInputError
+from bilevel.estimators import estimators
+from bilevel.solvers import InnerSolver, as_solver, solver_name
+from bilevel.training.hyper_penalty import HyperPenalty
+from bilevel.training.optimizers import OuterOptimizer
+from bilevel.training.warm_start import WarmStart
+
+
+def option(doc: str, default: Any = dataclasses.MISSING, *, minimum: int | None = None,
+           above: float | None = None, resumable: bool = False) -> Any:
+    """A field of a run's options: `doc` is its meaning (the YAML reference prints it),
+    `minimum` (integers) or `above` (numbers, exclusive) its bound, `resumable` whether a
+    resumed run may change it."""
+    return dataclasses.field(default=default, metadata={
+        "doc": doc, "minimum": minimum, "above": above, "resumable": resumable})
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the last."""
+
+    every: int = option("evaluate every this many steps", minimum=1)
+    tasks: int = option("held-out tasks, drawn once", minimum=1)
+
+    def __post_init__(self):
+        checks.integer("eval.every", self.every, minimum=1)
+        checks.integer("eval.tasks", self.tasks, minimum=1)
+
+    @classmethod
+    def parse(cls, value) -> "Evaluation | None":
+        """None, an Evaluation, or {"every": n, "tasks": m}."""
+        return checks.options(cls, "eval", value, required="every")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything `meta_train` does with a problem (paper Algorithm 1), resolved.
+
+    Built from loose forms too: `solver` a registered name or {"name": ..., **options},
+    `method` likewise, `outer` as `OuterOptimizer.parse` takes it, `eval`, `warm_start`
+    and `hyper_penalty` as dicts of their fields; each is checked and built here, once.
+    """
+
+    solver: InnerSolver = option("the inner solver")
+    method: Any = option("the hypergradient estimator", "fo-bmaml")
+    outer: OuterOptimizer = option("the outer optimizer of h", "adam")
+    steps: int = option("outer steps", minimum=1, resumable=True)
+    tasks_per_step: int = option("tasks in each outer step's batch", minimum=1)
+    eval: Evaluation | None = option("held-out evaluation (null: never)", None)
+    warm_start: WarmStart | None = option(
+        "start each outer step's inner solves from the previous step's (null: from "
+        "inner_init)", None)
+    hyper_penalty: HyperPenalty | None = option(
+        "pull leaves of h toward their mean (null: no penalty)", None)
+    seed: int = option("seeds init_hyper, the task streams and torch", 0, minimum=0)
+    compile: bool | str = option(
+        "compile the hypergradients and held-out solves with torch.compile (strict: no eager "
+        "fallback for what cannot be compiled)", False)
+    checkpoint_every: int | None = option("also checkpoint every this many steps (a run "
+                                          "always checkpoints at its end)", None, minimum=1,
+                                          resumable=True)
+    divergence_factor: float = option(
+        "stop when an inner solve's gradient norm, or the loss, grows this many times over "
+        "its start (a finite blow-up)", 1e3, above=1.0)
+    threads: int | None = option("torch's CPU threads (null: the environment variable "
+                                 "BILEVEL_THREADS, else 1: small batched problems run "
+                                 "fastest on one)", None, minimum=1, resumable=True)
+    progress: bool = option("show a progress bar", True, resumable=True)
+
+    def __post_init__(self):
+        built = {"solver": as_solver(self.solver),
+                 "method": _estimator(self.method),
+                 "outer": OuterOptimizer.parse(self.outer),
+                 "eval": Evaluation.parse(self.eval),
+                 "warm_start": WarmStart.parse(self.warm_start),
+                 "hyper_penalty": HyperPenalty.parse(self.hyper_penalty),
+                 "compile": compiled.check_mode(self.compile)}
+        for field in dataclasses.fields(self):
+            if field.name not in built:
+                built[field.name] = _checked(field, getattr(self, field.name))
+        for name, value in built.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_keywords(cls, *, eval_every: int = 0, eval_tasks: int = 0,
+                      **options) -> "RunSpec":
+        """The keyword form of `meta_train`, where evaluation is `eval_every` and
+        `eval_tasks` (both 0: never)."""
+        if (eval_every == 0) != (eval_tasks == 0):
+            raise InvalidInputError(f"eval_every and eval_tasks must be both 0 (no evaluation) "
+                                    f"or both >= 1, got eval_every={eval_every!r}, "
+                                    f"eval_tasks={eval_tasks!r}")
+        evaluation = None
+        if eval_every:
+            checks.integer("eval_every", eval_every, minimum=1)
+            checks.integer("eval_tasks", eval_tasks, minimum=1)
+            evaluation = Evaluation(eval_every, eval_tasks)
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise InvalidInputError(f"unknown run option(s) {', '.join(unknown)}; valid: "
+                                    f"{', '.join(OPTIONS)}, eval_every, eval_tasks")
+        return cls(eval=options.pop("eval", evaluation), **options)
+
+    @property
+    def method_name(self) -> str:
+        return estimators.name_of(self.method) or type(self.method).__qualname__
+
+    def record(self) -> dict:
+        """The options as plain values (JSON and YAML), each unit with its name and every
+        option filled in: what a run directory records."""
+        units = {"solver": _unit(solver_name(self.solver), self.solver),
+                 "method": _unit(self.method_name, self.method),
+                 "outer": self.outer.as_dict(), "eval": _as_dict(self.eval),
+                 "warm_start": _as_dict(self.warm_start),
+                 "hyper_penalty": _as_dict(self.hyper_penalty)}
+        return {field.name: units.get(field.name, getattr(self, field.name))
+                for field in dataclasses.fields(self)}
+
+    def replace(self, **changes) -> "RunSpec":
+        return dataclasses.replace(self, **changes)
+
+
+OPTIONS = tuple(field.name for field in dataclasses.fields(RunSpec))
+# What a resumed run may change: its length, checkpoints, threads and progress bar.
+RESUMABLE = frozenset(field.name for field in dataclasses.fields(RunSpec)
+                      if field.metadata["resumable"])
+
+
+def _estimator(method):
+    """An estimator object from itself, a registered name or {"name": ..., **options}."""
+    if isinstance(method, str | dict):
+        return estimators.from_spec(method, argument="method")
+    if estimators.name_of(method) is None and not callable(method):
+        raise InvalidInputError(f"method must be an estimator, a registered name or a dict "
+                                f"with a 'name' key, got {method!r}")
+    return method
+
+
+def _checked(field: dataclasses.Field, value):
+    """A scalar option checked against its field's type and bound."""
+    name, bound = field.name, field.metadata
+    if value is None and field.default is None:
+        return None
+    if bound["minimum"] is not None:
+        return checks.integer(name, value, minimum=bound["minimum"])
+    if bound["above"] is not None:
+        number = checks.positive(name, value)
+        if number <= bound["above"]:
+            raise InvalidInputError(f"{name} must be > {bound['above']:g}, got {value!r}")
+        return number
+    if isinstance(field.default, bool) and not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _unit(name: str, unit) -> dict:
+    options = dataclasses.asdict(unit) if dataclasses.is_dataclass(unit) else {}
+    return {"name": name, **options}
+
+
+def _as_dict(value: Evaluation | WarmStart | HyperPenalty | None) -> dict | None:
+    return None if value is None else value.as_dict()
