@@ -334,9 +334,9 @@ class _Run:
             return
         self.warned_unconverged = True
         warnings.warn(f"the inner solves are far from converged (final / first gradient norm "
-                      f"{ratio:.2g} on average), but {self.spec.method_name!r} assumes converged inner "
-                      "solutions: its hypergradient is biased; give the solver more steps or a "
-                      f"larger lr (metrics: {metric})", stacklevel=4)
+                      f"{ratio:.2g} on average), but {self.spec.method_name!r} assumes converged "
+                      "inner solutions: its hypergradient is biased; give the solver more steps or "
+                      f"a larger lr (metrics: {metric})", stacklevel=4)
 
     def _kept(self) -> str:
         if self.out is None:
