@@ -3,8 +3,18 @@
 import dataclasses
 import math
 import numbers
+from typing import Any
 
 from bilevel.errors import InvalidInputError
+
+
+def option(doc: str, default: Any = dataclasses.MISSING, *, minimum: int | None = None,
+           above: float | None = None, resumable: bool = False) -> Any:
+    """A dataclass field that is a user's option: `doc` its meaning (the YAML reference
+    prints it), `minimum` (integers) or `above` (numbers, exclusive) its bound, for the
+    config schema; `resumable`: a resumed run may change it (run options only)."""
+    return dataclasses.field(default=default, metadata={
+        "doc": doc, "minimum": minimum, "above": above, "resumable": resumable})
 
 
 def positive(name: str, value) -> float:

@@ -49,8 +49,7 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
     unit, budget = budget_of(search)
     curves, tests = {}, {}
     if only in ("both", "bilevel"):
-        curves["bilevel"], h = run_bilevel(built, config.resolved, directory / "bilevel",
-                                           unit, budget)
+        curves["bilevel"], h = run_bilevel(built, directory / "bilevel", unit, budget)
         tests["bilevel"] = test_numbers(built, h)
     if only in ("both", "optuna"):
         study = run_optuna(config, built, search, directory, worker=worker,
@@ -99,7 +98,7 @@ def test_numbers(built, h: dict) -> dict | None:
     problem's `test_tasks`, or a problem's own `report(h, solver)`."""
     numbers = test_metrics(built, h)
     if numbers is None and hasattr(built.problem, "report"):
-        numbers = built.problem.report(h, built.solver)
+        numbers = built.problem.report(h, built.spec.solver)
     if numbers is None:
         return None
     return {k: numbers[k] for k in ("test_loss", "test_accuracy") if k in numbers}

@@ -18,6 +18,7 @@ from bilevel.compare.space import PartlyFixed, fixed_values, merge, parameter_na
 from bilevel.config.build import build
 from bilevel.config.load import from_dict
 from bilevel.errors import DivergenceError
+from bilevel.training.callbacks import Callback
 from bilevel.training.metrics import held_out, held_out_tasks
 
 
@@ -79,39 +80,47 @@ class Trial:
         start, spent = time.perf_counter(), [0.0]
         trial.set_user_attr("worker", self.worker)
         try:
-            config, built = self.configured({key: suggest(trial, key, spec)
-                                             for key, spec in self.search["config"].items()})
+            _, built = self.configured({key: suggest(trial, key, spec)
+                                        for key, spec in self.search["config"].items()})
             problem = PartlyFixed(built.problem, self.fixed(trial, built))
             if problem.init_hyper(torch.Generator().manual_seed(0)):
-                return self.meta_train(trial, config.resolved,
-                                       dataclasses.replace(built, problem=problem), spent)
-            return self.validate(config.resolved, built, merge({}, problem.fixed), spent)
+                return self.meta_train(trial, dataclasses.replace(built, problem=problem), spent)
+            return self.validate(built, merge({}, problem.fixed), spent)
         except DivergenceError:
             return math.nan  # Optuna records the trial as failed; its cost still counts
         finally:
             trial.set_user_attr("cost", spent[0])
             trial.set_user_attr("seconds", time.perf_counter() - start)
 
-    def validate(self, resolved: dict, built, h: dict, spent: list) -> float:
-        _, n = evaluation(resolved)
-        sums = held_out(built.problem, h, held_out_tasks(built.problem, n, resolved["seed"]),
-                        built.solver)
-        spent[0] += solve_cost(built.solver, n)
+    def validate(self, built, h: dict, spent: list) -> float:
+        n = evaluation(built.spec).tasks
+        sums = held_out(built.problem, h, held_out_tasks(built.problem, n, built.spec.seed),
+                        built.spec.solver)
+        spent[0] += solve_cost(built.spec.solver, n)
         return sums["val_loss"].item() / n
 
-    def meta_train(self, trial, resolved: dict, built, spent: list) -> float:
-        """Meta-train the learned leaves in chunks of `eval.every` steps (resumed from the
-        trial's own run directory), reporting each validation to the pruner."""
-        every, n = evaluation(resolved)
-        steps, done, value = resolved["steps"], [], math.nan
-        for stop in [*range(every, resolved["steps"], every), steps]:
-            result = train(built, resolved, steps=stop, out=self.directory / str(trial.number),
-                           resume=bool(done))
-            _, spent[0] = history_curve("trial", result.history[len(done):], built, n,
-                                        start=(spent[0], 0.0))
-            done = result.history
-            value = done[-1]["eval_val_loss"]
-            trial.report(value, stop)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
+    def meta_train(self, trial, built, spent: list) -> float:
+        """Meta-train the learned leaves in the trial's own run directory, reporting each
+        validation to the pruner (which may stop the trial after it)."""
+        reporter = _Reporter(trial, built, spent)
+        train(built, out=self.directory / str(trial.number), callbacks=[reporter])
+        return reporter.value
+
+
+class _Reporter(Callback):
+    """A hybrid trial's callback: counts each step's cost as it completes (so a pruned or
+    diverged trial's work is counted), reports each validation to the pruner."""
+
+    def __init__(self, trial, built, spent: list):
+        self.trial, self.built, self.spent, self.value = trial, built, spent, math.nan
+
+    def on_step(self, record: dict, h: dict) -> None:
+        _, self.spent[0] = history_curve("trial", [record], self.built,
+                                         evaluation(self.built.spec).tasks,
+                                         start=(self.spent[0], 0.0))
+
+    def on_evaluation(self, record: dict, h: dict) -> None:
+        self.value = record["eval_val_loss"]
+        self.trial.report(self.value, record["step"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned()

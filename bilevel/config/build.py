@@ -16,18 +16,16 @@ from bilevel.config.load import Config
 from bilevel.devices import resolve_device, resolve_dtype, threads
 from bilevel.errors import BilevelError
 from bilevel.problem import BilevelProblem, problems
-from bilevel.solvers import solvers
-from bilevel.training.optimizers import OuterOptimizer
+from bilevel.training.spec import OPTIONS, RunSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class Built:
-    """What `meta_train` and the other commands take, built from one config."""
+    """What `meta_train` and the other commands take, built from one config: the problem
+    and the run's options, resolved (`bilevel.training.spec.RunSpec`)."""
 
     problem: BilevelProblem
-    solver: object
-    method: dict
-    outer: dict
+    spec: RunSpec
     device: torch.device
     dtype: torch.dtype
 
@@ -45,21 +43,17 @@ def build(config: Config) -> Built:
         raise config.error(str(error), ("device",)) from None
     dtype = resolve_dtype(resolved["dtype"])
     problem = build_problem(config, dtype, device)
-    solver = solvers.from_spec(resolved["solver"], argument="solver")
-    outer = _spec(resolved["outer"])
+    spec = RunSpec(**{key: resolved[key] for key in OPTIONS})
     try:  # the optimizer's own checks (torch's "Invalid momentum value", ...) on a stand-in
-        OuterOptimizer.parse(outer).build([torch.zeros(1, requires_grad=True)])
+        spec.outer.build([torch.zeros(1, requires_grad=True)])
     except BilevelError as error:
         raise config.error(str(error), ("outer",)) from None
-    return Built(problem, solver, _spec(resolved["method"]), outer, device, dtype)
-
-
-def _spec(value) -> dict:
-    return {"name": value} if isinstance(value, str) else dict(value)
+    return Built(problem, spec, device, dtype)
 
 
 def build_problem(config: Config, dtype, device) -> BilevelProblem:
-    spec = _spec(config.resolved["problem"])
+    spec = config.resolved["problem"]
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     if "python" in spec:
         return _python_problem(config, spec, dtype, device)
     if "source" in spec:

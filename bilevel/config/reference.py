@@ -80,9 +80,9 @@ def markdown() -> str:
     parts = [HEADER, "## Top-level keys\n", _table(schema, defs, skip=()), ""]
     for title, key in (("Held-out evaluation (`eval`)", "Evaluation"),
                        ("Outer optimizer (`outer`)", "OuterSpec"),
-                       ("Warm-started inner solves (`warm_start`)", "WarmStartSpec"),
+                       ("Warm-started inner solves (`warm_start`)", "WarmStart"),
                        ("A penalty on the hyperparameters (`hyper_penalty`)",
-                        "HyperPenaltySpec"),
+                        "HyperPenalty"),
                        ("A problem of your own (`problem: {python: ...}`)", "PythonProblem"),
                        ("A problem composed from blocks (`problem: {source: ..., model: ...}`)",
                         "ComposedProblem")):

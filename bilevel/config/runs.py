@@ -5,6 +5,7 @@ reproduces the run bit for bit on a CPU, and `resume` refuses a config that diff
 it in anything but the keys of `RESUMABLE`.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,14 +20,14 @@ from bilevel.errors import BilevelError, RunDirectoryError
 from bilevel.gradcheck import gradcheck
 from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions
-from bilevel.training import meta_train
+from bilevel.training import meta_train, spec
 from bilevel.training.rundir import check_usable, write_atomically
 from bilevel.tree import ravel
 
 CONFIG_FILE = "config.yaml"
-# Keys that may change when a run is resumed: its length, its checkpoints, where it is,
-# how it shows progress, its threads.
-RESUMABLE = {"steps", "checkpoint_every", "out", "progress", "threads"}
+# Keys that may change when a run is resumed: the run options that may (RunSpec's), and
+# where the run directory is.
+RESUMABLE = spec.RESUMABLE | {"out"}
 
 
 def run_directory(config: Config, out=None) -> Path:
@@ -42,18 +43,11 @@ def run_directory(config: Config, out=None) -> Path:
 def run(config: Config, *, out=None, resume: bool = False):
     """Meta-train as the config says, in its run directory; returns `MetaTrainResult`."""
     directory = run_directory(config, out)
-    resolved = config.resolved | {"out": str(directory)}
-    _record(directory, resolved, resume)
     built = build(config)
-    evaluation = resolved["eval"] or {"every": 0, "tasks": 0}
-    result = meta_train(
-        built.problem, solver=built.solver, method=built.method, outer=built.outer,
-        steps=resolved["steps"], tasks_per_step=resolved["tasks_per_step"],
-        eval_every=evaluation["every"], eval_tasks=evaluation["tasks"], seed=resolved["seed"],
-        out=directory, checkpoint_every=resolved["checkpoint_every"], resume=resume,
-        progress=resolved["progress"], divergence_factor=resolved["divergence_factor"],
-        compile=resolved["compile"], threads=resolved["threads"],
-        warm_start=resolved["warm_start"], hyper_penalty=resolved["hyper_penalty"])
+    # The run keys recorded are the spec's own record, as in settings.json.
+    _record(directory, config.resolved | built.spec.record() | {"out": str(directory)},
+            resume)
+    result = meta_train(built.problem, built.spec, out=directory, resume=resume)
     test = test_metrics(built, result.h)
     if test is not None:
         write_atomically(directory / "test.json", json.dumps(test, indent=2) + "\n")
@@ -107,7 +101,7 @@ def test_metrics(built, h) -> dict | None:
     if tasks is None:
         return None
     metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
-                                 built.solver)
+                                 built.spec.solver)
     return {f"test_{k.removeprefix('val_')}": v.mean().item() for k, v in metrics.items()}
 
 
@@ -121,8 +115,8 @@ def validate(config: Config) -> dict:
         h = built.problem.init_hyper(generator)
         tasks = built.problem.sample_tasks(min(resolved["tasks_per_step"], 4), generator)
         start = time.perf_counter()
-        grad, info = hypergradient(built.problem, h, tasks, solver=built.solver,
-                                   **_method_arguments(built.method))
+        grad, info = hypergradient(built.problem, h, tasks, solver=built.spec.solver,
+                                   method=built.spec.method)
     except BilevelError as error:
         raise config.error(f"the problem built, but one hypergradient failed: {error}",
                            ("problem",)) from None
@@ -148,14 +142,8 @@ def check_gradients(config: Config, *, methods=None, reference="exact", repeats=
             raise config.error(f"{type(built.problem).__name__} has no closed-form "
                                "meta_gradient; use --reference exact", ("problem",))
         reference = built.problem.meta_gradient(h, tasks)
-    method = _method_arguments(built.method)
-    name = method.pop("method")
+    name, method = built.spec.method_name, dataclasses.asdict(built.spec.method)
     options = {name: method} if method and (methods is None or name in methods) else {}
-    return gradcheck(built.problem, h, tasks, solver=built.solver, methods=methods,
+    return gradcheck(built.problem, h, tasks, solver=built.spec.solver, methods=methods,
                      reference=reference, options=options, repeats=repeats)
-
-
-def _method_arguments(method: dict) -> dict:
-    options = dict(method)
-    return {"method": options.pop("name"), **options}
 

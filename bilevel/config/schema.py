@@ -9,7 +9,6 @@ bare name where it needs no options (`method: fo-bmaml`).
 """
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import operator
@@ -26,42 +25,26 @@ from pydantic import (
     create_model,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from bilevel.blocks import models as model_blocks
 from bilevel.blocks import sources
 from bilevel.blocks.composed import LAM_SHAPES
 from bilevel.blocks.losses import losses
+from bilevel.config.search import Search
+from bilevel.config.strict import Strict
 from bilevel.devices import DTYPES
 from bilevel.errors import BilevelError
 from bilevel.estimators import estimators
 from bilevel.problem import problems
 from bilevel.regularizers import regularizers
 from bilevel.solvers import solvers
+from bilevel.training.hyper_penalty import HyperPenalty
 from bilevel.training.optimizers import OuterOptimizer
+from bilevel.training.spec import Evaluation, RunSpec
+from bilevel.training.warm_start import WarmStart
 
 # Constructor arguments that the run config sets for every problem, not the problem's block.
 RUN_LEVEL = ("dtype", "device")
-
-
-class Strict(BaseModel):
-    """A mapping of known keys: an unknown key is an error that suggests the closest one."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data):
-        if isinstance(data, dict):
-            valid = list(cls.model_fields)
-            for key in data:
-                if key not in valid:
-                    close = difflib.get_close_matches(str(key), valid, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise PydanticCustomError(
-                        "unknown_key", "unknown key" + hint + " (valid keys: {valid})",
-                        {"key": key, "valid": ", ".join(valid)})
-        return data
 
 
 def _name_or_mapping(value):
@@ -69,18 +52,47 @@ def _name_or_mapping(value):
     return {"name": value} if isinstance(value, str) else value
 
 
+def dataclass_fields(cls, types: dict | None = None) -> dict[str, tuple]:
+    """pydantic fields of a dataclass's fields: typed from its hints (or `types`, by name),
+    with its defaults, and the meaning and bounds of `bilevel.checks.option` metadata."""
+    hints, types = typing.get_type_hints(cls), types or {}
+    fields = {}
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        meta = field.metadata
+        bounds = {key: meta[name] for key, name in (("ge", "minimum"), ("gt", "above"))
+                  if meta.get(name) is not None}
+        fields[field.name] = (types.get(field.name, hints.get(field.name, Any)), Field(
+            ... if default is dataclasses.MISSING else default, description=meta.get("doc"),
+            **bounds))
+    return fields
+
+
+def options_model(title: str, cls) -> type[BaseModel]:
+    """A model of the dataclass `cls`'s options, whose own checks (in __post_init__) run
+    when it is validated, reported at its key path."""
+    doc = (inspect.getdoc(cls) or "").split("\n\n")[0]
+    model = create_model(title, __base__=Strict, __doc__=doc, **dataclass_fields(cls))
+
+    def builds(self):
+        try:
+            cls(**self.model_dump())
+        except BilevelError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    return create_model(title, __base__=model, __doc__=doc,
+                        __validators__={"builds": model_validator(mode="after")(builds)})
+
+
 def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
     """One model for the unit registered as `name`: a Literal name and its options, typed
     from the dataclass fields or the constructor's signature (Any where unannotated)."""
     fields: dict[str, Any] = {"name": (Literal[name], ...)}
     if dataclasses.is_dataclass(cls):
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            default = field.default
-            if field.default_factory is not dataclasses.MISSING:
-                default = field.default_factory()
-            fields[field.name] = (hints.get(field.name, Any),
-                                  ... if default is dataclasses.MISSING else default)
+        fields |= dataclass_fields(cls)
     else:
         for parameter in list(inspect.signature(cls).parameters.values()):
             if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL,
@@ -149,34 +161,6 @@ class OuterSpec(BaseModel):
         return self
 
 
-class Evaluation(Strict):
-    """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the end."""
-
-    every: int = Field(ge=1, description="evaluate every this many steps")
-    tasks: int = Field(ge=1, description="held-out tasks, drawn once")
-
-
-class WarmStartSpec(Strict):
-    """Warm-start the inner solves across outer steps, for problems whose tasks are the
-    same every step (bilevel.training.warm_start)."""
-
-    steps: int = Field(ge=1, description="solver steps continuing each step's unperturbed "
-                                         "solve from the previous step's solution")
-    estimator_steps: int | None = Field(None, ge=1, description="steps of the estimator's "
-                                                                "solves, started there "
-                                                                "(null: steps)")
-
-
-class HyperPenaltySpec(Strict):
-    """A penalty on h added to the outer objective (bilevel.training.hyper_penalty):
-    weight / 2 times the squared deviation of each chosen leaf from its own mean."""
-
-    weight: float = Field(gt=0, description="the penalty's factor (1 / (n_val s^2) for a "
-                                            "prior of spread s)")
-    leaves: list[str] | None = Field(None, description="dotted paths into h (null: every "
-                                                       "leaf)")
-
-
 class PythonProblem(Strict):
     """A `BilevelProblem` subclass of the user's: "package.module:ClassName" (importable
     from the working directory or the config's folder) and its constructor arguments."""
@@ -227,10 +211,22 @@ def _problem_kind(value) -> str | None:
     return None
 
 
-def run_config_model() -> type[BaseModel]:
-    """The model of a whole run config, from the registries as they are now."""
-    from bilevel.config.search import Search  # it builds on Strict, defined here
+def run_options() -> dict[str, tuple]:
+    """The run level of a config: one key per `RunSpec` field, where it is defined (type,
+    default, bound, meaning); the units are the registries' unions."""
+    optional = {"eval": Evaluation, "warm_start": WarmStart, "hyper_penalty": HyperPenalty}
+    types = {"solver": _unit_union("solver", solvers, checked=True),
+             "method": _unit_union("method", estimators, checked=True),
+             "outer": Annotated[OuterSpec, BeforeValidator(_name_or_mapping)],
+             "compile": bool | Literal["strict"]}
+    types |= {key: options_model(cls.__name__, cls) | None for key, cls in optional.items()}
+    return dataclass_fields(RunSpec, types)
 
+
+def run_config_model() -> type[BaseModel]:
+    """The model of a whole run config, from the registries as they are now: the problem
+    and what builds it (device, dtype), the run's options (`run_options`), and where
+    (out) and what `compare` searches (search)."""
     problem = Annotated[
         Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
                   Tag("registered-problem")]
@@ -243,40 +239,12 @@ def run_config_model() -> type[BaseModel]:
         problem=(problem, Field(description="a registered problem {name: ..., args}, "
                                             "{python: module:Class, args: {...}}, or one "
                                             "composed from blocks {source: ..., model: ...}")),
-        solver=(_unit_union("solver", solvers, checked=True),
-                Field(description="the inner solver")),
-        method=(_unit_union("method", estimators, checked=True),
-                Field("fo-bmaml", description="the hypergradient estimator")),
-        outer=(Annotated[OuterSpec, BeforeValidator(_name_or_mapping)],
-               Field("adam", description="the outer optimizer of h")),
-        steps=(int, Field(ge=1, description="outer steps")),
-        tasks_per_step=(int, Field(ge=1, description="tasks in each outer step's batch")),
-        eval=(Evaluation | None, Field(None, description="held-out evaluation (none: never)")),
-        warm_start=(WarmStartSpec | None, Field(None, description="start each outer step's "
-                                                                  "inner solves from the "
-                                                                  "previous step's (null: "
-                                                                  "from inner_init)")),
-        hyper_penalty=(HyperPenaltySpec | None, Field(None, description="pull leaves of h "
-                                                                        "toward their mean "
-                                                                        "(null: no penalty)")),
-        seed=(int, Field(0, ge=0, description="seeds init_hyper, the task streams and torch")),
+        **run_options(),
         device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                            description="auto (CUDA where present), cpu, cuda or cuda:N")),
         dtype=(Literal[tuple(DTYPES)], Field("float32", description="float32 or float64")),
-        threads=(int | None, Field(None, ge=1, description="torch's CPU threads (null: the "
-                                   "environment variable BILEVEL_THREADS, else 1: small "
-                                   "batched problems run fastest on one)")),
-        compile=(bool | Literal["strict"], Field(False, description="compile the "
-                 "hypergradients and held-out solves with torch.compile (strict: no eager "
-                 "fallback for what cannot be compiled)")),
         out=(str | None, Field(None, description="run directory (default: "
                                                  "runs/<config name>; --out overrides)")),
-        checkpoint_every=(int | None, Field(None, ge=1, description="also checkpoint every "
-                                                                   "this many steps")),
-        progress=(bool, Field(True, description="show a progress bar")),
-        divergence_factor=(float, Field(1e3, gt=1, description="stop when an inner solve's "
-                                        "gradient norm, or the loss, grows this many times "
-                                        "over its start (a finite blow-up)")),
         search=(Search | None, Field(None, description="what `bilevel compare` searches with "
                                                       "Optuna, on what budget (`run` ignores "
                                                       "it)")),

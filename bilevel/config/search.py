@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bilevel.config.schema import Strict
+from bilevel.config.strict import Strict
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("none", "median", "hyperband")

@@ -24,11 +24,16 @@ from bilevel.errors import InvalidInputError
 
 @dataclasses.dataclass(frozen=True)
 class HyperPenalty:
-    """weight: the factor of P (> 0); leaves: dotted paths into h ("log_lam.W"), each
+    """A penalty on h added to the outer objective (bilevel.training.hyper_penalty):
+    weight / 2 times the squared deviation of each chosen leaf from its own mean.
+
+    weight: the factor of P (> 0); leaves: dotted paths into h ("log_lam.W"), each
     naming a leaf or every leaf under a subtree (None: every leaf of h)."""
 
-    weight: float
-    leaves: tuple[str, ...] | None = None
+    weight: float = checks.option("the penalty's factor (1 / (n_val s^2) for a prior of "
+                                  "spread s)", above=0)
+    leaves: tuple[str, ...] | None = checks.option("dotted paths into h (null: every leaf)",
+                                                   None)
 
     def __post_init__(self):
         checks.positive("hyper_penalty.weight", self.weight)

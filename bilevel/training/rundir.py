@@ -19,10 +19,11 @@ import os
 from pathlib import Path
 
 from bilevel.errors import RunDirectoryError
+from bilevel.training.spec import RESUMABLE
 
-# Settings that may change when a run is resumed: its length, how often it checkpoints, how
+# Settings that may change when a run is resumed: the run options that may (RunSpec's), how
 # many processes run it and the torch version.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "world_size", "torch"}
+RESUMABLE_CHANGES = RESUMABLE | {"world_size", "torch"}
 # What the library writes in a run directory: this module, the checkpoint, and `bilevel run`
 # (config.yaml, the record of the run, and test.json); temporary files start with ".".
 OWN_FILES = {"settings.json", "metrics.jsonl", "summary.json", "loss.png", "eval.png",

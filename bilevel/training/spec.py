@@ -14,21 +14,13 @@ import dataclasses
 from typing import Any
 
 from bilevel import checks, compiled
+from bilevel.checks import option
 from bilevel.errors import InvalidInputError
 from bilevel.estimators import estimators
 from bilevel.solvers import InnerSolver, as_solver, solver_name
 from bilevel.training.hyper_penalty import HyperPenalty
 from bilevel.training.optimizers import OuterOptimizer
 from bilevel.training.warm_start import WarmStart
-
-
-def option(doc: str, default: Any = dataclasses.MISSING, *, minimum: int | None = None,
-           above: float | None = None, resumable: bool = False) -> Any:
-    """A field of a run's options: `doc` is its meaning (the YAML reference prints it),
-    `minimum` (integers) or `above` (numbers, exclusive) its bound, `resumable` whether a
-    resumed run may change it."""
-    return dataclasses.field(default=default, metadata={
-        "doc": doc, "minimum": minimum, "above": above, "resumable": resumable})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +72,7 @@ class RunSpec:
                                           resumable=True)
     divergence_factor: float = option(
         "stop when an inner solve's gradient norm, or the loss, grows this many times over "
-        "its start (a finite blow-up)", 1e3, above=1.0)
+        "its start (a finite blow-up)", 1e3, above=1)
     threads: int | None = option("torch's CPU threads (null: the environment variable "
                                  "BILEVEL_THREADS, else 1: small batched problems run "
                                  "fastest on one)", None, minimum=1, resumable=True)

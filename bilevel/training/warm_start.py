@@ -37,13 +37,18 @@ from bilevel.tree import tree_leaves, tree_map
 
 @dataclasses.dataclass(frozen=True)
 class WarmStart:
-    """steps: solver steps that continue each task's unperturbed solve from the previous
+    """Warm-start the inner solves across outer steps, for problems whose tasks are the
+    same every step (bilevel.training.warm_start).
+
+    steps: solver steps that continue each task's unperturbed solve from the previous
     outer step's solution (the first step solves from `inner_init` with the solver's
     steps); estimator_steps: the steps of the estimator's own solves, started at that
     solution (None: `steps`)."""
 
-    steps: int
-    estimator_steps: int | None = None
+    steps: int = checks.option("solver steps continuing each step's unperturbed solve from "
+                               "the previous step's solution", minimum=1)
+    estimator_steps: int | None = checks.option("steps of the estimator's solves, started "
+                                                "there (null: steps)", None, minimum=1)
 
     def __post_init__(self):
         checks.integer("warm_start.steps", self.steps, minimum=1)
