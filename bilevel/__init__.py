@@ -21,12 +21,13 @@ from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions, outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
-from bilevel.training import MetaTrainResult, meta_train, optimizers
+from bilevel.training import Callback, MetaTrainResult, RunSpec, meta_train, optimizers
 
 __all__ = [
     "at_inner_solutions",
     "BilevelError",
     "BilevelProblem",
+    "Callback",
     "DivergenceError",
     "InvalidInputError",
     "MetaTrainResult",
@@ -43,6 +44,7 @@ __all__ = [
     "regularizers",
     "resolve_device",
     "resolve_dtype",
+    "RunSpec",
     "solve_inner",
     "solvers",
 ]
