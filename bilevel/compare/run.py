@@ -19,10 +19,10 @@ from bilevel.compare.study import budget_of, run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import build
-from bilevel.config.runs import CONFIG_FILE, differences, run_directory, test_metrics
+from bilevel.config.runs import CONFIG_FILE, RESUMABLE, run_directory, test_metrics
 from bilevel.errors import BilevelError, InvalidInputError, RunDirectoryError
 from bilevel.training import checkpoint
-from bilevel.training.rundir import write_atomically
+from bilevel.training.rundir import differences, write_atomically
 from bilevel.tree import tree_leaves, tree_map
 
 SIDES = ("both", "bilevel", "optuna")
@@ -68,7 +68,7 @@ def _record(directory: Path, resolved: dict) -> None:
     path = directory / CONFIG_FILE
     if path.is_file():
         recorded, _ = yamlfile.read(path)
-        changed = differences(recorded, resolved)
+        changed = differences(recorded, resolved, RESUMABLE)
         if changed:
             raise RunDirectoryError(f"{directory} holds a comparison of another config "
                                     f"({'; '.join(changed)}); choose another --out")

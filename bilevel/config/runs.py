@@ -20,8 +20,8 @@ from bilevel.errors import BilevelError, RunDirectoryError
 from bilevel.gradcheck import gradcheck
 from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions
-from bilevel.training import meta_train, spec
-from bilevel.training.rundir import check_usable, write_atomically
+from bilevel.training import Callback, meta_train, spec
+from bilevel.training.rundir import check_usable, differences, write_atomically
 from bilevel.tree import ravel
 
 CONFIG_FILE = "config.yaml"
@@ -45,9 +45,10 @@ def run(config: Config, *, out=None, resume: bool = False):
     directory = run_directory(config, out)
     built = build(config)
     # The run keys recorded are the spec's own record, as in settings.json.
-    _record(directory, config.resolved | built.spec.record() | {"out": str(directory)},
-            resume)
-    result = meta_train(built.problem, built.spec, out=directory, resume=resume)
+    resolved = config.resolved | built.spec.record() | {"out": str(directory)}
+    check_record(directory, resolved, resume)
+    result = meta_train(built.problem, built.spec, out=directory, resume=resume,
+                        callbacks=[_ConfigRecord(resolved)])
     test = test_metrics(built, result.h)
     if test is not None:
         write_atomically(directory / "test.json", json.dumps(test, indent=2) + "\n")
@@ -55,14 +56,16 @@ def run(config: Config, *, out=None, resume: bool = False):
     return result
 
 
-def _record(directory: Path, resolved: dict, resume: bool) -> None:
+def check_record(directory: Path, resolved: dict, resume: bool) -> None:
+    """A run of `resolved` may start in `directory` (resume: it holds a run of the same
+    config, but for RESUMABLE keys); nothing is written."""
     path = directory / CONFIG_FILE
     if resume:
         if not path.is_file():
             raise RunDirectoryError(f"--resume: {directory} holds no {CONFIG_FILE}; nothing to "
                                     "resume")
         recorded, _ = yamlfile.read(path)
-        changed = differences(recorded, resolved)
+        changed = differences(recorded, resolved, RESUMABLE)
         if changed:
             raise RunDirectoryError(f"--resume: the config differs from the one recorded in {path} "
                                     f"at {'; '.join(changed)}; resume with the recorded config, or "
@@ -72,27 +75,17 @@ def _record(directory: Path, resolved: dict, resume: bool) -> None:
                                 "or choose another --out")
     else:
         check_usable(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunDirectoryError(f"{directory}: cannot create the run directory "
-                                f"({error.strerror})") from None
-    write_atomically(path, yamlfile.dump(resolved))
 
 
-def differences(recorded, current, path="") -> list[str]:
-    """'key.path: recorded -> current' for every leaf that differs, but RESUMABLE keys."""
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        found = []
-        for key in sorted(set(recorded) | set(current), key=str):
-            if not path and key in RESUMABLE:
-                continue
-            found += differences(recorded.get(key), current.get(key),
-                                 f"{path}.{key}" if path else str(key))
-        return found
-    if recorded != current:
-        return [f"{path}: {recorded!r} -> {current!r}"]
-    return []
+class _ConfigRecord(Callback):
+    """Writes config.yaml once meta_train has the run directory (locked, its resume
+    checked), so that the record always says what the checkpoint holds."""
+
+    def __init__(self, resolved: dict):
+        self.resolved = resolved
+
+    def on_start(self, out, step: int) -> None:
+        write_atomically(out / CONFIG_FILE, yamlfile.dump(self.resolved))
 
 
 def test_metrics(built, h) -> dict | None:

@@ -8,6 +8,10 @@ class Callback:
     step it is told of is complete and checkpointed (where the run checkpoints); an
     exception raised by a hook stops the run, which keeps that step."""
 
+    def on_start(self, out, step: int) -> None:
+        """The run is set up: its run directory `out` (a Path, or None) opened, locked and
+        its settings recorded; `step`: the steps already done (a resumed run's)."""
+
     def on_step(self, record: dict, h: dict) -> None:
         """Outer step `record["step"]` is done: `record` is its line of metrics.jsonl, `h`
         the hyperparameters after it."""

@@ -13,6 +13,7 @@ over another run; temporary files that a killed run left behind are removed at t
 start.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ RESUMABLE_CHANGES = RESUMABLE | {"world_size", "torch"}
 # (config.yaml, the record of the run, and test.json); temporary files start with ".".
 OWN_FILES = {"settings.json", "metrics.jsonl", "summary.json", "loss.png", "eval.png",
              "checkpoint.pt", "config.yaml", "test.json"}
+LOCK_FILE = ".lock"  # hidden: not a file of the run's results
 
 
 def settings_digest(settings: dict) -> str:
@@ -45,7 +47,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 class RunDirectory:
-    """Files of one run under `path`; only the main process creates one."""
+    """Files of one run under `path`; only the main process creates one. It holds the
+    directory's lock (an OS lock on `LOCK_FILE`, released by `close` or when the process
+    dies, so a killed run never leaves a stale one) from creation to `close`: a second run
+    in the same directory at the same time is refused before it reads or writes anything."""
 
     def __init__(self, path, *, resume: bool):
         self.path = Path(path)
@@ -62,6 +67,7 @@ class RunDirectory:
         except OSError as error:
             raise RunDirectoryError(f"out={str(self.path)!r}: cannot create the run directory "
                                     f"({error.strerror})") from None
+        self._lock = _locked(self.path)
         probe = self.path / f".write-test.{os.getpid()}.tmp"  # a stray one is cleaned below
         try:  # fail now, not at the first checkpoint: a directory it may not write in
             probe.write_text("")
@@ -72,6 +78,15 @@ class RunDirectory:
         for stray in self.path.glob(".*.tmp"):  # left by a run killed while writing
             stray.unlink(missing_ok=True)
         self._metrics = None
+
+    def close(self) -> None:
+        """Close metrics.jsonl and release the directory's lock."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its flock
+            self._lock = None
 
     def write_settings(self, settings: dict, *, resume: bool) -> None:
         """Record the settings; on resume, check that they match the recorded ones."""
@@ -110,12 +125,40 @@ def check_settings(directory: Path, settings: dict) -> None:
         return
     recorded = json.loads(path.read_text())
     current = json.loads(json.dumps(settings))  # tuples become lists, as recorded
-    keys = (set(recorded) | set(current)) - RESUMABLE_CHANGES
-    changed = sorted(k for k in keys if recorded.get(k) != current.get(k))
+    changed = differences(recorded, current, RESUMABLE_CHANGES)
     if changed:
-        listed = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise RunDirectoryError(f"resume: settings differ from those recorded in {path}: "
-                                f"{listed}")
+                                f"{'; '.join(changed)}")
+
+
+def differences(recorded, current, resumable=frozenset(), path="") -> list[str]:
+    """'key.path: recorded -> current' for every leaf that differs, but the top-level keys
+    in `resumable`."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(recorded) | set(current), key=str):
+            if not path and key in resumable:
+                continue
+            found += differences(recorded.get(key), current.get(key), resumable,
+                                 f"{path}.{key}" if path else str(key))
+        return found
+    if recorded != current:
+        return [f"{path}: {recorded!r} -> {current!r}"]
+    return []
+
+
+def _locked(path: Path):
+    """The open lock file of the run directory `path`, locked; a RunDirectoryError when
+    another process holds it."""
+    handle = (path / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunDirectoryError(f"out={str(path)!r} is in use by another run (it holds "
+                                f"{LOCK_FILE}); wait for it to end, or choose another "
+                                "directory") from None
+    return handle
 
 
 def check_usable(path: Path) -> None:

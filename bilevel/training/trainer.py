@@ -81,7 +81,7 @@ def meta_train(problem, spec: RunSpec | None = None, *, out=None, resume: bool =
                                 f"spec and {', '.join(sorted(options))}")
     elif not isinstance(spec, RunSpec):
         raise InvalidInputError(f"spec must be a bilevel.RunSpec, got {spec!r}")
-    run = _Run(problem, spec, out=out, resume=resume)
+    run = _Run(problem, spec, out=out, resume=resume, callbacks=callbacks)
     interrupts, stack = _Interrupts(), contextlib.ExitStack()
     bar = None
     try:
@@ -94,7 +94,7 @@ def meta_train(problem, spec: RunSpec | None = None, *, out=None, resume: bool =
                 if bar is not None:
                     bar.set_postfix_str(_postfix(record), refresh=False)
                     bar.update(1)
-                run.tell(callbacks, record)
+                run.tell(record)
         # Leave together: a gloo process that tears down its group while another still
         # writes its last checkpoint can abort at exit.
         distributed.barrier(run.processes)
@@ -107,6 +107,8 @@ def meta_train(problem, spec: RunSpec | None = None, *, out=None, resume: bool =
     finally:
         if bar is not None:
             bar.close()
+        if run.files is not None:
+            run.files.close()
         distributed.stop(run.processes)
         stack.close()
     return run.finish("completed")
@@ -116,9 +118,10 @@ class _Run:
     """The state of one run: h's leaf tensors, the outer optimizer and scheduler, the
     generators, the history; and the files of the main process."""
 
-    def __init__(self, problem, spec: RunSpec, *, out, resume: bool):
+    def __init__(self, problem, spec: RunSpec, *, out, resume: bool,
+                 callbacks: Sequence[Callback]):
         check_problem(problem)
-        self.problem, self.spec = problem, spec
+        self.problem, self.spec, self.callbacks = problem, spec, tuple(callbacks)
         if out is None and (resume or spec.checkpoint_every is not None):
             raise InvalidInputError(
                 "resume and checkpoint_every need a run directory: pass out=DIR")
@@ -138,8 +141,9 @@ class _Run:
 
     def start(self) -> None:
         """Set the run up, in this order: torch's global seed, h, the process group, the
-        held-out tasks, the task generator, h and state from a checkpoint (resume), the outer
-        optimizer, the run directory."""
+        held-out tasks, the task generator, the run directory (locked), h and state from a
+        checkpoint (resume), the outer optimizer, the record of the run; then the callbacks'
+        `on_start`."""
         spec = self.spec
         torch.manual_seed(spec.seed)  # a resumed run restores the state saved instead
         h = self.problem.init_hyper(run_generator(spec.seed, 0))
@@ -159,7 +163,15 @@ class _Run:
                                                    "eval_tasks")
         self.generators = {"tasks": run_generator(spec.seed, 1)}
         self.dtype = leaves[0].dtype
+        # What identifies the problem: its class and init_hyper here, its first batch of
+        # tasks in the checkpoint (`_check_first_tasks`).
+        self.problem_record = {
+            "class": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
+            "init_hyper": warm_starts.fingerprint(h)}
+        self.first_tasks = None
         self.digest = settings_digest(self.settings(self.dtype))  # kept in every checkpoint
+        if self.out is not None and self.processes.is_main:
+            self.files = RunDirectory(self.out, resume=self.resume)
         saved = self._checkpoint() if self.resume else None
         if saved is not None:
             leaves = _matching_leaves(saved["h"], self.treespec, leaves, self.out)
@@ -169,8 +181,12 @@ class _Run:
             self._restore(saved)
         self.rng = checkpoint.rng_states(self.generators)
         self.clock = time.perf_counter()
-        if self.out is not None and self.processes.is_main:
-            self._open_run_directory(self.dtype)
+        if self.files is not None:
+            self.files.write_settings(self.settings(self.dtype), resume=self.resume)
+            self.files.restart_metrics(self.history)
+        if self.processes.is_main:
+            for callback in self.callbacks:
+                callback.on_start(self.out, self.step)
 
     def _checkpoint(self) -> dict | None:
         """The checkpoint to resume from, checked to be this run's (its settings digest and
@@ -187,7 +203,26 @@ class _Run:
         if saved.get("step") != len(history) or (history and history[-1]["step"] != len(history)):
             raise RunDirectoryError(f"resume: {self.out / checkpoint.FILENAME} is inconsistent: "
                                     f"step {saved.get('step')!r} after {len(history)} logged steps")
+        self._check_first_tasks(saved.get("first_tasks"))
+        if saved["step"] > self.spec.steps:
+            raise RunDirectoryError(f"resume: the run in {self.out} has done {saved['step']} "
+                                    f"steps, more than steps={self.spec.steps}; resume with "
+                                    f"steps >= {saved['step']}")
         return saved
+
+    def _check_first_tasks(self, recorded: str | None) -> None:
+        """The problem draws the first batch of tasks that the checkpoint's run drew (its
+        fingerprint): the same problem, with the same data and arguments."""
+        if recorded is None:
+            return
+        with torch.random.fork_rng(devices=[]):
+            batch = self.problem.sample_tasks(self.spec.tasks_per_step,
+                                              run_generator(self.spec.seed, 1))
+        if warm_starts.fingerprint(batch) != recorded:
+            raise RunDirectoryError(
+                f"resume: {type(self.problem).__name__}'s tasks differ from those the run in "
+                f"{self.out} was trained on (its first batch of tasks, drawn from the run's "
+                "seed, is another): another problem, or its data or arguments changed")
 
     def _restore(self, saved: dict) -> None:
         """The optimizer, scheduler, generators, step, history and totals of a checkpoint."""
@@ -198,21 +233,16 @@ class _Run:
         self.step, self.history = saved["step"], saved["history"]
         self.evals_total, self.elapsed = saved["inner_grad_evals_total"], saved["time"]
         self.held_out_evals_total = saved.get("held_out_inner_grad_evals_total", 0)
+        self.first_tasks = saved.get("first_tasks")
         if self.warm is not None:
             self.warm.restore(saved["warm_start"], self.device)
         self.saved_step = self.step
 
-    def _open_run_directory(self, dtype) -> None:
-        self.files = RunDirectory(self.out, resume=self.resume)
-        self.files.write_settings(self.settings(dtype), resume=self.resume)
-        self.files.restart_metrics(self.history)
-
     def settings(self, dtype) -> dict:
         """The record of the run: the problem, the spec's options, and where it runs."""
-        return {"problem": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
-                **self.spec.record(), "world_size": self.processes.world_size,
-                "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
-                "torch": torch.__version__}
+        return {"problem": self.problem_record, **self.spec.record(),
+                "world_size": self.processes.world_size, "device": str(self.device),
+                "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__}
 
     # One step ------------------------------------------------------------------------
 
@@ -223,6 +253,8 @@ class _Run:
         t = self.step + 1
         spec = self.spec
         batch = self.problem.sample_tasks(spec.tasks_per_step, self.generators["tasks"])
+        if t == 1:
+            self.first_tasks = warm_starts.fingerprint(batch)
         tasks, n_local = distributed.shard(batch, spec.tasks_per_step, self.processes,
                                            "tasks_per_step")
         problem, solver, warm, warm_entries = self.problem, spec.solver, None, []
@@ -285,13 +317,13 @@ class _Run:
                     self.save()
         return record
 
-    def tell(self, callbacks: Sequence[Callback], record: dict) -> None:
+    def tell(self, record: dict) -> None:
         """Each callback's hooks for the step just done; one that raises stops the run
         (recorded as stopped, the step kept)."""
-        if not callbacks or not self.processes.is_main:
+        if not self.callbacks or not self.processes.is_main:
             return
         try:
-            for callback in callbacks:
+            for callback in self.callbacks:
                 callback.on_step(record, self.h())
                 if any(key.startswith("eval_") for key in record):
                     callback.on_evaluation(record, self.h())
@@ -359,6 +391,7 @@ class _Run:
             "held_out_inner_grad_evals_total": self.held_out_evals_total,
             "time": self.elapsed + time.perf_counter() - self.clock,
             "settings_digest": self.digest,
+            "first_tasks": self.first_tasks,
         } | ({} if self.warm is None else {"warm_start": self.warm.state()})
 
     def save(self) -> None:
@@ -381,8 +414,11 @@ class _Run:
             self.save()
             message = f"interrupted; checkpoint of step {self.step} written to {self.out}"
         self.finish("interrupted", message)
-        print(f"\n{message}\nresume with meta_train(..., out={str(self.out)!r}, resume=True) "
-              "(same settings; steps may grow)", file=sys.stderr)
+        config = self.out / "config.yaml"  # a run of `bilevel run`
+        how = (f"bilevel run {config} --resume" if config.is_file() else
+               f"meta_train(..., out={str(self.out)!r}, resume=True)")
+        print(f"\n{message}\nresume with {how} (same settings; steps may grow)",
+              file=sys.stderr)
 
     def finish(self, status: str, message: str | None = None) -> MetaTrainResult:
         summary = {"status": status, "message": message, "steps_completed": self.step,
