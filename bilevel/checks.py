@@ -3,7 +3,7 @@
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, ClassVar
 
 from bilevel.errors import InvalidInputError
 
@@ -15,6 +15,46 @@ def option(doc: str, default: Any = dataclasses.MISSING, *, minimum: int | None 
     config schema; `resumable`: a resumed run may change it (run options only)."""
     return dataclasses.field(default=default, metadata={
         "doc": doc, "minimum": minimum, "above": above, "resumable": resumable})
+
+
+class Options:
+    """Base of a frozen dataclass of options written under `key` in a config: its fields'
+    bounds (declared with `option`) checked, `parse` from None, itself or a dict of its
+    fields (`required` among them), `as_dict` its record."""
+
+    key: ClassVar[str]
+    required: ClassVar[str]
+
+    def __post_init__(self):
+        in_bounds(self, f"{self.key}.")
+
+    @classmethod
+    def parse(cls, value) -> Any:
+        return options(cls, cls.key, value, required=cls.required)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def in_bounds(options, prefix: str = "") -> None:
+    """Every field of the dataclass instance `options` declared with `option` is within its
+    bound (None passes where it is the default); the error names `prefix + field name`."""
+    for field in dataclasses.fields(options):
+        meta, value = field.metadata, getattr(options, field.name)
+        if value is None and field.default is None:
+            continue
+        if meta.get("minimum") is not None:
+            integer(prefix + field.name, value, minimum=meta["minimum"])
+        elif meta.get("above") is not None:
+            above(prefix + field.name, value, meta["above"])
+
+
+def above(name: str, value, bound: float) -> float:
+    """A finite number > bound."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= bound:
+        raise InvalidInputError(f"{name} must be a finite number > {bound:g}, got {value!r}")
+    return float(value)
 
 
 def positive(name: str, value) -> float:

@@ -23,31 +23,27 @@ from bilevel.errors import InvalidInputError
 
 
 @dataclasses.dataclass(frozen=True)
-class HyperPenalty:
+class HyperPenalty(checks.Options):
     """A penalty on h added to the outer objective (bilevel.training.hyper_penalty):
     weight / 2 times the squared deviation of each chosen leaf from its own mean.
 
     weight: the factor of P (> 0); leaves: dotted paths into h ("log_lam.W"), each
     naming a leaf or every leaf under a subtree (None: every leaf of h)."""
 
+    key, required = "hyper_penalty", "weight"
     weight: float = checks.option("the penalty's factor (1 / (n_val s^2) for a prior of "
                                   "spread s)", above=0)
     leaves: tuple[str, ...] | None = checks.option("dotted paths into h (null: every leaf)",
                                                    None)
 
     def __post_init__(self):
-        checks.positive("hyper_penalty.weight", self.weight)
+        super().__post_init__()
         if self.leaves is not None:
             if isinstance(self.leaves, str) or not all(isinstance(p, str) and p
                                                        for p in self.leaves):
                 raise InvalidInputError(f"hyper_penalty.leaves must be a list of dotted paths "
                                         f"into h, got {self.leaves!r}")
             object.__setattr__(self, "leaves", tuple(self.leaves))
-
-    @classmethod
-    def parse(cls, value) -> "HyperPenalty | None":
-        """None, a HyperPenalty, or {"weight": w, "leaves": [paths]}."""
-        return checks.options(cls, "hyper_penalty", value, required="weight")
 
     def as_dict(self) -> dict:
         return {"weight": self.weight, "leaves": None if self.leaves is None else

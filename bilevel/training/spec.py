@@ -24,23 +24,12 @@ from bilevel.training.warm_start import WarmStart
 
 
 @dataclasses.dataclass(frozen=True)
-class Evaluation:
+class Evaluation(checks.Options):
     """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the last."""
 
+    key, required = "eval", "every"
     every: int = option("evaluate every this many steps", minimum=1)
     tasks: int = option("held-out tasks, drawn once", minimum=1)
-
-    def __post_init__(self):
-        checks.integer("eval.every", self.every, minimum=1)
-        checks.integer("eval.tasks", self.tasks, minimum=1)
-
-    @classmethod
-    def parse(cls, value) -> "Evaluation | None":
-        """None, an Evaluation, or {"every": n, "tasks": m}."""
-        return checks.options(cls, "eval", value, required="every")
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,11 +75,11 @@ class RunSpec:
                  "warm_start": WarmStart.parse(self.warm_start),
                  "hyper_penalty": HyperPenalty.parse(self.hyper_penalty),
                  "compile": compiled.check_mode(self.compile)}
-        for field in dataclasses.fields(self):
-            if field.name not in built:
-                built[field.name] = _checked(field, getattr(self, field.name))
         for name, value in built.items():
             object.__setattr__(self, name, value)
+        checks.in_bounds(self)
+        if not isinstance(self.progress, bool):
+            raise InvalidInputError(f"progress must be true or false, got {self.progress!r}")
 
     @classmethod
     def from_keywords(cls, *, eval_every: int = 0, eval_tasks: int = 0,
@@ -145,23 +134,6 @@ def _estimator(method):
         raise InvalidInputError(f"method must be an estimator, a registered name or a dict "
                                 f"with a 'name' key, got {method!r}")
     return method
-
-
-def _checked(field: dataclasses.Field, value):
-    """A scalar option checked against its field's type and bound."""
-    name, bound = field.name, field.metadata
-    if value is None and field.default is None:
-        return None
-    if bound["minimum"] is not None:
-        return checks.integer(name, value, minimum=bound["minimum"])
-    if bound["above"] is not None:
-        number = checks.positive(name, value)
-        if number <= bound["above"]:
-            raise InvalidInputError(f"{name} must be > {bound['above']:g}, got {value!r}")
-        return number
-    if isinstance(field.default, bool) and not isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be true or false, got {value!r}")
-    return value
 
 
 def _unit(name: str, unit) -> dict:

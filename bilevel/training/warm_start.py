@@ -36,7 +36,7 @@ from bilevel.tree import tree_leaves, tree_map
 
 
 @dataclasses.dataclass(frozen=True)
-class WarmStart:
+class WarmStart(checks.Options):
     """Warm-start the inner solves across outer steps, for problems whose tasks are the
     same every step (bilevel.training.warm_start).
 
@@ -45,23 +45,11 @@ class WarmStart:
     steps); estimator_steps: the steps of the estimator's own solves, started at that
     solution (None: `steps`)."""
 
+    key, required = "warm_start", "steps"
     steps: int = checks.option("solver steps continuing each step's unperturbed solve from "
                                "the previous step's solution", minimum=1)
     estimator_steps: int | None = checks.option("steps of the estimator's solves, started "
                                                 "there (null: steps)", None, minimum=1)
-
-    def __post_init__(self):
-        checks.integer("warm_start.steps", self.steps, minimum=1)
-        if self.estimator_steps is not None:
-            checks.integer("warm_start.estimator_steps", self.estimator_steps, minimum=1)
-
-    @classmethod
-    def parse(cls, value) -> "WarmStart | None":
-        """None, a WarmStart, or {"steps": k, "estimator_steps": k'}."""
-        return checks.options(cls, "warm_start", value, required="steps")
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     def estimator_solver(self, solver):
         """The solver the estimator runs from the warm start."""
