@@ -61,13 +61,19 @@ def all_finite(leaves) -> bool:
 
 def check_hyper(h, name: str = "h"):
     """h: a non-empty dict of floating-point tensors; `name` says where it came from."""
-    if not isinstance(h, dict) or not h:
-        raise InvalidInputError(
-            f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}")
-    for path, leaf in tree_leaves_with_path(h):
+    _check_floating_dict(
+        h, f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}",
+        lambda where, leaf: f"{name}{where} must be a floating-point tensor, got {leaf!r}")
+
+
+def _check_floating_dict(tree, empty: str, bad_leaf) -> None:
+    """`tree` a non-empty dict whose leaves are floating-point tensors, else an
+    InvalidInputError: `empty`, or bad_leaf(key path, leaf)."""
+    if not isinstance(tree, dict) or not tree:
+        raise InvalidInputError(empty)
+    for path, leaf in tree_leaves_with_path(tree):
         if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
-            raise InvalidInputError(
-                f"{name}{keystr(path)} must be a floating-point tensor, got {leaf!r}")
+            raise InvalidInputError(bad_leaf(keystr(path), leaf))
 
 
 def check_values(h, tasks, finite: bool = True) -> None:
@@ -296,14 +302,10 @@ def _translate(name: str, thunk, integers=()):
 
 
 def _check_phi(phi) -> None:
-    if not isinstance(phi, dict) or not phi:
-        raise InvalidInputError(
-            f"problem.inner_init must return a non-empty dict of tensors (phi), got {phi!r:.80}")
-    for path, leaf in tree_leaves_with_path(phi):
-        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
-            raise InvalidInputError(
-                f"problem.inner_init returned phi{keystr(path)} = {leaf!r:.80}; expected a "
-                "floating-point tensor")
+    _check_floating_dict(
+        phi, f"problem.inner_init must return a non-empty dict of tensors (phi), got {phi!r:.80}",
+        lambda where, leaf: f"problem.inner_init returned phi{where} = {leaf!r:.80}; expected "
+                            "a floating-point tensor")
 
 
 def _check_scalar(name: str, value) -> None:
