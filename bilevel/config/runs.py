@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import keystr, tree_leaves_with_path
 
 from bilevel.config import yamlfile
 from bilevel.config.build import build
@@ -21,7 +20,7 @@ from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions
 from bilevel.training import meta_train
 from bilevel.training.rundir import check_usable, write_atomically
-from bilevel.tree import ravel
+from bilevel.tree import keystr, ravel, tree_leaves_with_path
 
 CONFIG_FILE = "config.yaml"
 # Keys that may change when a run is resumed: its length, its checkpoints, where it is,
@@ -102,8 +101,9 @@ def differences(recorded, current, path="") -> list[str]:
 
 
 def test_metrics(built, h) -> dict | None:
-    """The problem's metrics on its held-out test set at h (problems with `test_tasks`)."""
-    tasks = getattr(built.problem, "test_tasks", lambda: None)()
+    """The problem's metrics on its held-out test set at h (`BilevelProblem.test_tasks`), or
+    None for a problem without one."""
+    tasks = built.problem.test_tasks()
     if tasks is None:
         return None
     metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
@@ -144,10 +144,10 @@ def check_gradients(config: Config, *, methods=None, reference="exact", repeats=
     h = built.problem.init_hyper(generator)
     tasks = built.problem.sample_tasks(config.resolved["tasks_per_step"], generator)
     if reference == "closed-form":
-        if not hasattr(built.problem, "meta_gradient"):
+        reference = built.problem.meta_gradient(h, tasks)
+        if reference is None:
             raise config.error(f"{type(built.problem).__name__} has no closed-form "
                                "meta_gradient; use --reference exact", ("problem",))
-        reference = built.problem.meta_gradient(h, tasks)
     method = _method_arguments(built.method)
     name = method.pop("method")
     options = {name: method} if method and (methods is None or name in methods) else {}

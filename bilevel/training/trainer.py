@@ -28,7 +28,7 @@ from bilevel import checks, compiled, devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.estimators import estimators
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
-from bilevel.info import LOSS_KEY
+from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, per_task_name
 from bilevel.registry import name_and_options
 from bilevel.solvers import as_solver, solver_name
 from bilevel.training import checkpoint, distributed
@@ -346,7 +346,8 @@ class _Run:
         """Blow-ups that stay finite (float64 can reach 1e+300): an inner solve whose gradient
         norm grew past divergence_factor times its first, or a loss that did against the
         run's first."""
-        ratio, factor = values.get("inner_grad_ratio_max"), self.divergence_factor
+        ratio = values.get(per_task_name(INNER_GRAD_RATIO, "max"))
+        factor = self.divergence_factor
         if ratio is not None and ratio > factor:
             raise DivergenceError(t, "an inner solve", self._kept(), problem=(
                 f"blew up: its gradient norm grew {ratio:.3g}-fold over the solve (more than "
@@ -361,10 +362,11 @@ class _Run:
         """Once per run: the estimator's result assumes converged inner solves (fo-bmaml,
         fo-bmaml-jvp, imaml, exact), but the solves cut the gradient norm less than 10-fold
         (warm-started: the warm solves, against the first step's cold start)."""
-        metric = ("warm_start_grad_ratio_mean" if "warm_start_grad_ratio_mean" in values
-                  else "inner_grad_ratio_mean")
+        metric = per_task_name(warm_starts.GRAD_RATIO, "mean")
+        if metric not in values:
+            metric = per_task_name(INNER_GRAD_RATIO, "mean")
         ratio = values.get(metric)
-        assumes = getattr(estimators.get(self.method), "assumes_converged_inner", False)
+        assumes = estimators.get(self.method).assumes_converged_inner
         if self.warned_unconverged or not assumes or ratio is None or ratio <= 0.1:
             return
         self.warned_unconverged = True
