@@ -249,8 +249,16 @@ def test_an_estimator_object_is_used_as_given_and_equals_its_name_and_options(mo
     assert builds == [] and info.method == "fo-bmaml" and info["nu"] == 1e-4
 
 
-def test_an_estimator_object_takes_no_options_and_a_method_must_be_one():
+def test_an_estimator_object_takes_no_options_and_a_method_must_be_one(monkeypatch):
+    class Plain:  # registered, but not an Estimator: its capabilities are undeclared
+        def __call__(self, problem, h, tasks, solver):
+            raise AssertionError("never called")
+
+    monkeypatch.setitem(bilevel.estimators.estimators._entries, "plain", Plain)
     problem, h, tasks = quadratic()
+    with pytest.raises(bilevel.InvalidInputError, match="method: 'plain' is registered as "
+                                                        ".*Plain, which does not subclass"):
+        hypergradient(problem, h, tasks, CONVERGED, "plain")
     estimator = bilevel.estimators.fobmaml.FOBMAML()
     with pytest.raises(bilevel.InvalidInputError, match="options nu given with the estimator"):
         hypergradient(problem, h, tasks, CONVERGED, estimator, nu=1e-3)
