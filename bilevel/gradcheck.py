@@ -5,13 +5,12 @@ import statistics
 import time
 
 import torch
-from torch.utils._pytree import tree_structure
 
 from bilevel import checks
 from bilevel.errors import InvalidInputError
-from bilevel.estimators import estimators
+from bilevel.estimators import as_estimator, estimators
 from bilevel.hypergradient import hypergradient
-from bilevel.tree import relative_error, tree_leaves
+from bilevel.tree import relative_error, tree_leaves, tree_structure
 
 COLUMNS = (  # (row key, header, format)
     ("method", "method", "{}"),
@@ -31,7 +30,8 @@ def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", opt
     methods: registered estimator names (default: every one, `bilevel list`).
     reference: the name of an estimator whose result is the reference ("exact": implicit
         differentiation at the solver's solution, the hypergradient when the solves have
-        converged), or a gradient dict shaped like h (e.g. `problem.meta_gradient(h, tasks)`).
+        converged), or a gradient dict shaped like h (e.g. `problem.meta_gradient(h, tasks)`,
+        where the problem has a closed form).
     options: {method: {option: value}}, e.g. {"fo-bmaml": {"nu": 1e-6}}.
     repeats: timed runs per estimator, after one untimed run that gives the result; the
         median wall time is reported.
@@ -58,6 +58,10 @@ def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", opt
     if isinstance(reference, str):
         reference, _ = hypergradient(problem, h, tasks, solver=solver, method=reference,
                                      **options.get(reference, {}))
+    elif reference is None:
+        raise InvalidInputError("reference must be an estimator's name or a gradient shaped "
+                                "like h, got None (a problem's meta_gradient gives None when "
+                                "it has no closed form)")
     elif tree_structure(reference) != tree_structure(h):
         raise InvalidInputError(f"reference must be shaped like h, got {tree_structure(reference)} "
                            f"for h {tree_structure(h)}")
@@ -68,7 +72,8 @@ def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", opt
 def measure(problem, h, tasks, solver, method, options, reference, repeats) -> dict:
     # An untimed first call gives the result and pays torch's one-time costs (it builds
     # forward-AD decompositions, for one), which would otherwise land on one method's time.
-    grad, info = hypergradient(problem, h, tasks, solver=solver, method=method, **options)
+    estimator = as_estimator(method, options)  # built once: the timed calls reuse it
+    grad, info = hypergradient(problem, h, tasks, solver=solver, method=estimator)
     device = tree_leaves(h)[0].device
     on_cuda = device.type == "cuda"
     times, peak = [], None
@@ -78,7 +83,7 @@ def measure(problem, h, tasks, solver, method, options, reference, repeats) -> d
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
-        hypergradient(problem, h, tasks, solver=solver, method=method, **options)
+        hypergradient(problem, h, tasks, solver=solver, method=estimator)
         if on_cuda:
             torch.cuda.synchronize(device)
             peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20

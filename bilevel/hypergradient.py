@@ -3,11 +3,11 @@
 import dataclasses
 
 import torch
-from torch.utils._pytree import keystr, tree_leaves, tree_leaves_with_path, tree_map
 
 from bilevel import checks, compiled
 from bilevel.errors import InvalidInputError, NonFiniteTasksError
-from bilevel.estimators import estimators
+from bilevel.estimators import Estimator, as_estimator
+from bilevel.info import Info
 from bilevel.problem import BilevelProblem
 from bilevel.problem_checks import (
     all_finite,
@@ -18,13 +18,14 @@ from bilevel.problem_checks import (
     warn_if_unregularized,
 )
 from bilevel.solvers import as_solver
-from bilevel.tree import detach
+from bilevel.tree import detach, keystr, tree_leaves, tree_leaves_with_path, tree_map
 
 ON_NON_FINITE = ("raise", "drop", "keep")
 
 
-def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
-                  on_non_finite: str = "raise", compile: bool | str = False, **options):
+def hypergradient(problem: BilevelProblem, h: dict, tasks, *, solver,
+                  method: str | Estimator = "fo-bmaml", on_non_finite: str = "raise",
+                  compile: bool | str = False, **options) -> tuple[dict, Info]:
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 
     problem: a `BilevelProblem`.
@@ -34,8 +35,11 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     solver: an inner solver (`bilevel.solvers.GD`, `Nesterov`, ...: the contract is
         `bilevel.solvers.InnerSolver`), or one given as a registered name or
         {"name": "gd", "lr": ..., "steps": ...}.
-    method: a registered estimator ("fo-bmaml", "exact", ...; `bilevel list`);
-        `options` are its fields, e.g. nu=1e-3, scheme="symmetric" for "fo-bmaml".
+    method: an estimator object (`bilevel.estimators.Estimator`, e.g.
+        `FOBMAML(nu=1e-3)`: built once by the caller and reused at every call), or the name
+        of a registered one ("fo-bmaml", "exact", ...; `bilevel list`) built from `options`,
+        its fields, e.g. nu=1e-3, scheme="symmetric" for "fo-bmaml"
+        (`bilevel.estimators.as_estimator`).
     on_non_finite: what to do when some tasks give a NaN or Inf loss or gradient:
         "raise" (NonFiniteTasksError naming them), "drop" (average over the other tasks,
         the cost of both calls counted) or "keep" (return the non-finite average, and leave
@@ -59,37 +63,22 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     check_hyper(h)
     check_task_count(check_tasks(tasks))
     check_values(h, tasks, finite=on_non_finite != "keep")
+    estimator = as_estimator(method, options)
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
     compiled.check_mode(compile)
-    estimator = _estimator(method, options)
-    method = estimators.name_of(estimator) or type(estimator).__qualname__
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
     h, tasks = detach(h), detach(tasks)
     check_problem_code(problem, h, tasks)
-    warn_if_unregularized(problem, method, getattr(estimator, "assumes_converged_inner", False))
-    reason = getattr(estimator, "not_compiled", None)
-    if reason is not None:
-        compile = compiled.eager_instead(compile, f"method {method!r}", reason)
+    warn_if_unregularized(problem, estimator.name, estimator.assumes_converged_inner)
+    if estimator.not_compiled is not None:
+        compile = compiled.eager_instead(compile, f"method {estimator.name!r}",
+                                         estimator.not_compiled)
     with compiled.compiling(compile):
         grad, info = estimator(problem, h, tasks, solver)
         if _all_finite(grad, info):
             return grad, info
         return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
-
-
-def _estimator(method, options: dict):
-    """The estimator: `method` itself (an estimator object), or built from its registered
-    name and `options`."""
-    if isinstance(method, str):
-        return estimators.build(method, options, argument=f"hypergradient(method={method!r})")
-    if options:
-        raise InvalidInputError(f"hypergradient: options {', '.join(sorted(options))} go with "
-                                f"a method name; got an estimator object, {method!r}")
-    if estimators.name_of(method) is None:
-        raise InvalidInputError(f"method must be a registered estimator's name or an "
-                                f"estimator object, got {method!r}")
-    return method
 
 
 def _all_finite(grad, info) -> bool:

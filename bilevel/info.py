@@ -24,6 +24,25 @@ import torch
 # The key of the outer loss of each task in `Info`: val_loss(phi_i, h, task_i) at the inner
 # solutions; the trainer logs its mean over the step's tasks as "loss".
 LOSS_KEY = "val_loss"
+# The per-task entry of how far each inner solve got: its final gradient norm over its first
+# (`bilevel.inner.grad_ratio`); logged as per_task_name(INNER_GRAD_RATIO, "mean" / "max"),
+# which the trainer's divergence check and its warning on unconverged solves read.
+INNER_GRAD_RATIO = "inner_grad_ratio"
+
+
+def per_task_name(name: str, op: str) -> str:
+    """The logged name of a per-task entry's task-weighted mean (op "mean") or maximum
+    ("max") over the tasks."""
+    return f"{name}_{op}"
+
+
+def per_task_scalars(name: str, values: torch.Tensor,
+                     device=None) -> list[tuple[str, torch.Tensor, str]]:
+    """The two logged entries (`Info.scalars`' form) of a per-task entry: its mean and its
+    maximum over the tasks, 0-dim float64 tensors (on `device`, default values' own)."""
+    values = values.detach().to(device=device, dtype=torch.float64)
+    return [(per_task_name(name, "mean"), values.mean(), "mean"),
+            (per_task_name(name, "max"), values.max(), "max")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +148,7 @@ class Info(Mapping):
         per_task = {"inner_grad_norm": self.inner_grad_norm, "inner_steps": self.inner_steps,
                     **self.per_task}
         for name, value in per_task.items():
-            value = value.detach().to(torch.float64)
-            entries += [(f"{name}_mean", value.mean(), "mean"), (f"{name}_max", value.max(), "max")]
+            entries += per_task_scalars(name, value)
         entries += [(name, number(value), "same") for name, value in self.settings.items()
                     if isinstance(value, int | float) and not isinstance(value, bool)]
         return entries

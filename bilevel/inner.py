@@ -4,10 +4,9 @@ import functools
 
 import torch
 from torch.func import grad, vmap
-from torch.utils._pytree import tree_leaves, tree_map
 
 from bilevel import compiled
-from bilevel.solvers import is_stepwise
+from bilevel.tree import tree_leaves, tree_map
 
 # Inner steps per compiled call. Each call of compiled code costs ~0.1 ms on CPU (dynamo
 # checks its guards on every input), more than one step of a small problem; each step of a
@@ -42,7 +41,7 @@ def solve_batch(solver, objective, inits, args, in_dims):
     A stepwise solver runs through `run_steps` (compiled in chunks of UNROLL steps); a
     solver that only defines `run` is vmapped whole (and compiled whole, unrolled).
     """
-    if not is_stepwise(solver):
+    if not solver.stepwise:
         def one_solve(init, *args):
             return solver.run(grad(lambda phi: objective(phi, *args)), init)
 

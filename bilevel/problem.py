@@ -16,11 +16,11 @@ over tasks with `torch.func.vmap`; the problem never knows which one runs.
 import abc
 
 import torch
-from torch.utils._pytree import tree_leaves, tree_map
 
 from bilevel.info import LOSS_KEY
 from bilevel.registry import Registry
 from bilevel.regularizers import regularizers, require_key, weighted_sum
+from bilevel.tree import tree_leaves, tree_map
 
 # Problems by name, for configs (`problem: {name: sinusoid, ...}`): a package contributes
 # its problem classes through the "bilevel.problems" entry-point group (this repository's
@@ -32,7 +32,8 @@ class BilevelProblem(abc.ABC):
     """Subclass and implement the four abstract methods; override the rest at will.
 
     `regularization` picks a registered regulariser ("proximal", "l2", "none");
-    set it as a class attribute or in `__init__`.
+    set it as a class attribute or in `__init__`. The optional hooks `test_tasks`,
+    `report` and `meta_gradient` return None unless a subclass has something to give.
     """
 
     regularization: str = "proximal"
@@ -83,3 +84,18 @@ class BilevelProblem(abc.ABC):
         """Scalar metrics of one held-out task at its inner solution phi; the trainer
         averages them over tasks (default: {"val_loss": val_loss(phi, h, task)})."""
         return {LOSS_KEY: self.val_loss(phi, h, task)}
+
+    def test_tasks(self):
+        """A held-out test set: a batch of tasks like `sample_tasks`', on which `bilevel run`
+        and `compare` report `eval_metrics` as "test_*" numbers; None (default) for none."""
+        return None
+
+    def report(self, h: dict, solver) -> dict[str, float] | None:
+        """The problem's own numbers at h, solved with `solver` (`compare` reads its
+        "test_loss" and "test_accuracy" where `test_tasks` gives none); None (default)."""
+        return None
+
+    def meta_gradient(self, h: dict, tasks) -> dict | None:
+        """grad F(h) in closed form, shaped like h, averaged over the batch `tasks`
+        (`bilevel gradcheck --reference closed-form`); None (default) for none."""
+        return None

@@ -18,10 +18,10 @@ import weakref
 
 import torch
 from torch.func import grad, vmap
-from torch.utils._pytree import keystr, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map
 
 from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
+from bilevel.tree import keystr, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map
 
 # Problems already checked, each with the signatures (structure, shapes, dtypes) of the
 # (h, task) it was checked on: meta_train calls hypergradient every step with the same.
@@ -116,7 +116,7 @@ def check_task_count(n_tasks: int) -> None:
 def warn_if_unregularized(problem, method: str, assumes_converged_inner: bool) -> None:
     """Once per problem: an implicit estimator on a problem with no regulariser, whose
     phi*(h) does not depend on theta, returns a zero gradient for theta."""
-    if (not assumes_converged_inner or getattr(problem, "regularization", None) != "none"
+    if (not assumes_converged_inner or problem.regularization != "none"
             or problem in _warned_unregularized):
         return
     _warned_unregularized.add(problem)

@@ -9,10 +9,10 @@ or None when the inner problem has no regulariser.
 """
 
 import torch
-from torch.utils._pytree import tree_leaves, tree_map, tree_structure
 
 from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
+from bilevel.tree import tree_leaves, tree_map, tree_structure
 
 regularizers = Registry("regularizer")
 

@@ -56,14 +56,33 @@ class InnerSolver(abc.ABC):
     (`compile=True`, bilevel.compiled) and gives fo-bmaml-jvp its tangent recursion;
     a solver with `run` only is compiled whole (unrolled) or runs eagerly.
 
-    Optional: `lr`, a step size: reptile divides by steps * lr. `linear_steps` (default
-    False): for a given k and aux, the iterates after `step` and the point where it
-    queries grad_fn are linear in (x, the gradient returned): fo-bmaml-jvp then maps its
-    tangents by `step` itself rather than by jvp (GD and Nesterov without a tolerance,
-    whose mask depends on the gradient; bilevel.testing.SolverContract checks the claim).
+    Declared capabilities, with their defaults (a subclass sets them as class attributes,
+    dataclass fields or properties):
+        lr (None): a step size: reptile divides by steps * lr.
+        stepwise: whether the solver defines its solve one step at a time (default: whether
+            it overrides `step`); a wrapper of another solver says what the wrapped one does.
+        linear_steps (False): for a given k and aux, the iterates after `step` and the
+            point where it queries grad_fn are linear in (x, the gradient returned):
+            fo-bmaml-jvp then maps its tangents by `step` itself, calling it with a
+            `Tangents` map as grad_fn, rather than by jvp (GD and Nesterov without a
+            tolerance, whose mask depends on the gradient; bilevel.testing.SolverContract
+            checks the claim).
     """
 
     steps: int
+    # lr is annotated only: a class attribute here would be every dataclass subclass's
+    # default for its own lr field; `__getattr__` supplies the default instead.
+    lr: float | None
+    linear_steps: bool = False
+
+    def __getattr__(self, name: str):
+        if name == "lr":
+            return None
+        raise AttributeError(f"{type(self).__qualname__!r} object has no attribute {name!r}")
+
+    @property
+    def stepwise(self) -> bool:
+        return type(self).step is not InnerSolver.step
 
     def run(self, grad_fn, init):
         """(phi_K, {"grad_norm": ..., "steps": ...}) after `steps` steps from `init`."""
@@ -89,13 +108,18 @@ class InnerSolver(abc.ABC):
         return solver_name(self)
 
 
-def is_stepwise(solver) -> bool:
-    """Whether `solver` defines its solve one step at a time (`InnerSolver.step`); a
-    wrapper of another solver says so by a `stepwise` attribute."""
-    stepwise = getattr(solver, "stepwise", None)
-    if stepwise is not None:
-        return stepwise
-    return getattr(type(solver), "step", InnerSolver.step) is not InnerSolver.step
+class Tangents:
+    """A grad_fn that is no gradient of the objective: the map of tangents (a Hessian-vector
+    product and the perturbation's gradient) that fo-bmaml-jvp passes to a solver's `step`
+    to push tangents through it, or a stand-in gradient. A solver computes with it as with
+    any grad_fn; a wrapper that observes the gradients evaluated
+    (`bilevel.testing.CountingSolver`) does not count its calls."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x):
+        return self.fn(x)
 
 
 def solver_name(solver) -> str:
@@ -103,16 +127,14 @@ def solver_name(solver) -> str:
     return solvers.name_of(solver) or type(solver).__qualname__
 
 
-def as_solver(solver, argument: str = "solver"):
+def as_solver(solver, argument: str = "solver") -> InnerSolver:
     """A solver given as an object, a registered name or {"name": ..., **options}."""
     if isinstance(solver, str | dict):
-        return solvers.from_spec(solver, argument=argument)
-    steps = getattr(solver, "steps", None)
-    if not callable(getattr(solver, "run", None)) or not isinstance(steps, int):
+        solver = solvers.from_spec(solver, argument=argument)
+    if not isinstance(solver, InnerSolver) or not isinstance(solver.steps, int):
         raise InvalidInputError(
-            f"{argument} must be an inner solver (a run method and an int steps; see "
-            f"bilevel.solvers.InnerSolver), a registered name or a dict with a 'name' key, "
-            f"got {solver!r}")
+            f"{argument} must be an inner solver (a bilevel.solvers.InnerSolver with an int "
+            f"steps), a registered name or a dict with a 'name' key, got {solver!r}")
     return solver
 
 

@@ -1,13 +1,27 @@
-"""Small helpers on pytrees of tensors (dicts of tensors, nested allowed).
+"""Small helpers on pytrees of tensors (dicts of tensors, nested allowed), and the pytree
+functions the library uses.
 
-Built on `torch.utils._pytree`, the pytree module that `torch.func` itself uses.
+Built on `torch.utils._pytree`, the pytree module that `torch.func` itself uses. torch
+2.13 has no public pytree module (no `torch.utils.pytree`), so this is the library's one
+import of the private one: the rest of `bilevel` imports its pytree functions from here.
 """
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
+from torch.utils._pytree import (
+    keystr,
+    tree_flatten,
+    tree_flatten_with_path,
+    tree_iter,
+    tree_leaves,
+    tree_leaves_with_path,
+    tree_map,
+    tree_structure,
+    tree_unflatten,
+)
 
-__all__ = ["tree_map", "tree_leaves", "tree_dot", "tree_sq_norm", "ravel", "detach",
-           "relative_error"]
+__all__ = ["detach", "keystr", "ravel", "relative_error", "tree_dot", "tree_flatten",
+           "tree_flatten_with_path", "tree_iter", "tree_leaves", "tree_leaves_with_path",
+           "tree_map", "tree_sq_norm", "tree_structure", "tree_unflatten"]
 
 
 def tree_dot(a, b) -> torch.Tensor:

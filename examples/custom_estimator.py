@@ -19,7 +19,7 @@ import torch
 from torch.func import grad, grad_and_value, jvp, vjp
 
 from bilevel import checks, solve_inner
-from bilevel.estimators import average_over_tasks, estimators, solve_info
+from bilevel.estimators import Estimator, average_over_tasks, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import tree_map
 
@@ -35,7 +35,7 @@ def neumann_series(hvp, b, terms: int, alpha: float):
 
 @estimators.register("neumann")
 @dataclasses.dataclass(frozen=True)
-class Neumann:
+class Neumann(Estimator):
     """H^-1 applied by `terms` terms of the Neumann series with step `alpha`."""
 
     terms: int = 20
@@ -51,7 +51,7 @@ class Neumann:
         k = solver.steps  # the cost of ONE task: each HVP also evaluates a gradient
         cost = Cost(inner_grad_evals=k, grad_evals=k + self.terms + 1, hvps=self.terms,
                     mixed_products=1)
-        return grads, solve_info("neumann", stats, cost)
+        return grads, solve_info(self.name, stats, cost)
 
     def task_gradient(self, problem, solver, h, task):
         """(grad F_i(h), stats) for ONE task; `average_over_tasks` batches it."""

@@ -11,9 +11,10 @@ from bilevel import hypergradient
 from bilevel.cli import main
 from bilevel.compare import compare
 from bilevel.compare.cost import step_cost
-from bilevel.compare.space import PartlyFixed, fixed_values, parameter_names
+from bilevel.compare.space import fixed_values, parameter_names
 from bilevel.config import ConfigError, from_dict
 from bilevel.problem import problems
+from bilevel.problem_view import ProblemView
 from bilevel.solvers import Nesterov
 
 BUDGET = 600
@@ -67,7 +68,7 @@ def test_partly_fixed_problem_has_the_full_problems_hypergradient():
                                      dtype=torch.float64)
     solver, h = Nesterov(lr=0.1, steps=30), problem.init_hyper()
     h["log_lam"]["b"] = torch.tensor(-1.0, dtype=torch.float64)
-    partly = PartlyFixed(problem, {("log_lam", "b"): h["log_lam"]["b"]})
+    partly = ProblemView(problem, fixed={("log_lam", "b"): h["log_lam"]["b"]})
     learned = partly.init_hyper()
     assert set(learned["log_lam"]) == {"W"}
     tasks = problem.sample_tasks(1)

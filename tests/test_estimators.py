@@ -127,7 +127,7 @@ def test_fomaml_and_reptile_match_their_closed_forms_and_are_biased():
 
 
 def test_reptile_needs_a_step_size():
-    class NoStepSize:
+    class NoStepSize(bilevel.solvers.InnerSolver):
         steps = 3
 
         def run(self, grad_fn, init):
@@ -229,3 +229,51 @@ def test_invalid_options_name_the_option(method, options, message):
     with pytest.raises(bilevel.BilevelError) as error:
         hypergradient(problem, h, tasks, CONVERGED, method, **options)
     assert message in str(error.value)
+
+
+def test_an_estimator_object_is_used_as_given_and_equals_its_name_and_options(monkeypatch):
+    """method= an Estimator object: the same result as its name and options, bit for bit,
+    and nothing is built from a name (a run builds its estimator once, not per step)."""
+    problem, h, tasks = quadratic()
+    by_name, _ = hypergradient(problem, h, tasks, CONVERGED, "fo-bmaml", nu=1e-4,
+                               scheme="five-point")
+    estimator = bilevel.estimators.fobmaml.FOBMAML(nu=1e-4, scheme="five-point")
+    builds = []
+    monkeypatch.setattr(bilevel.estimators.estimators, "build",
+                        lambda *args, **kwargs: builds.append(args))
+    for _ in range(2):
+        by_object, info = hypergradient(problem, h, tasks, CONVERGED, estimator)
+        for a, b in zip(torch.utils._pytree.tree_leaves(by_name),
+                        torch.utils._pytree.tree_leaves(by_object), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert builds == [] and info.method == "fo-bmaml" and info["nu"] == 1e-4
+
+
+def test_an_estimator_object_takes_no_options_and_a_method_must_be_one(monkeypatch):
+    class Plain:  # registered, but not an Estimator: its capabilities are undeclared
+        def __call__(self, problem, h, tasks, solver):
+            raise AssertionError("never called")
+
+    monkeypatch.setitem(bilevel.estimators.estimators._entries, "plain", Plain)
+    problem, h, tasks = quadratic()
+    with pytest.raises(bilevel.InvalidInputError, match="method: 'plain' is registered as "
+                                                        ".*Plain, which does not subclass"):
+        hypergradient(problem, h, tasks, CONVERGED, "plain")
+    estimator = bilevel.estimators.fobmaml.FOBMAML()
+    with pytest.raises(bilevel.InvalidInputError, match="options nu given with the estimator"):
+        hypergradient(problem, h, tasks, CONVERGED, estimator, nu=1e-3)
+    with pytest.raises(bilevel.InvalidInputError, match="method must be a registered name or "
+                                                        "a bilevel.estimators.Estimator"):
+        hypergradient(problem, h, tasks, CONVERGED, 42)
+
+
+def test_capabilities_are_declared_on_the_estimator_base():
+    """Every registered estimator subclasses Estimator, whose capabilities have defaults."""
+    base = bilevel.estimators.Estimator
+    assert base.assumes_converged_inner is False and base.not_compiled is None
+    for name in bilevel.estimators.estimators.names():
+        unit = bilevel.estimators.estimators.get(name)
+        assert issubclass(unit, base) and unit().name == name
+    assert bilevel.estimators.estimators.get("exact").not_compiled is not None
+    assert bilevel.estimators.estimators.get("imaml").assumes_converged_inner
+    assert not bilevel.estimators.estimators.get("maml").assumes_converged_inner

@@ -43,11 +43,12 @@ def test_a_spec_builds_its_units_once_and_checks_its_options():
                     outer={"name": "sgd", "lr": 0.1}, steps=2, tasks_per_step=1,
                     eval={"every": 1, "tasks": 2})
     assert built.solver == bilevel.solvers.GD(lr=0.1, steps=5)
-    assert type(built.method).__name__ == "FOMAML" and built.method_name == "fomaml"
+    assert type(built.method).__name__ == "FOMAML" and built.method.name == "fomaml"
     assert built.eval == Evaluation(every=1, tasks=2) and built.outer.name == "sgd"
     assert built.replace(steps=3).method is built.method  # not rebuilt
     for bad, match in [({"steps": 0}, "steps must be an integer >= 1"),
-                       ({"divergence_factor": 1.0}, "divergence_factor must be a finite number > 1"),
+                       ({"divergence_factor": 1.0}, "divergence_factor must be a finite "
+                                                    "number > 1"),
                        ({"progress": "yes"}, "progress must be true or false"),
                        ({"method": "nope"}, "unknown method 'nope'"),
                        ({"eval": {"every": 0, "tasks": 1}}, "eval.every"),

@@ -14,13 +14,14 @@ import optuna
 
 from bilevel.compare.bilevel_side import run_bilevel
 from bilevel.compare.report import rows, write
-from bilevel.compare.space import fixed_values, leaves_under, merge, parameter_names, split
+from bilevel.compare.space import fixed_values, leaves_under, parameter_names
 from bilevel.compare.study import budget_of, run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import build
 from bilevel.config.runs import CONFIG_FILE, RESUMABLE, run_directory, test_metrics
 from bilevel.errors import BilevelError, InvalidInputError, RunDirectoryError
+from bilevel.problem_view import ProblemView
 from bilevel.training import checkpoint
 from bilevel.training.rundir import differences, write_atomically
 from bilevel.tree import tree_leaves, tree_map
@@ -97,7 +98,7 @@ def test_numbers(built, h: dict) -> dict | None:
     """Test loss and accuracy at h, where the problem has a test set: a composed holdout
     problem's `test_tasks`, or a problem's own `report(h, solver)`."""
     numbers = test_metrics(built, h)
-    if numbers is None and hasattr(built.problem, "report"):
+    if numbers is None:
         numbers = built.problem.report(h, built.spec.solver)
     if numbers is None:
         return None
@@ -115,13 +116,13 @@ def _best_trial_test(config, built, search, study, directory: Path) -> dict | No
     _, built = Trial(config, built, search, directory).configured(
         {k: suggest(trial, k, spec) for k, spec in search["config"].items()})
     h0 = built.problem.init_hyper()
-    fixed = fixed_values(h0, search["space"], {n: best.params[n] for n in
-                                               parameter_names(h0, search["space"])})
-    learned = split(h0, set(fixed))
+    view = ProblemView(built.problem, fixed=fixed_values(
+        h0, search["space"], {n: best.params[n] for n in parameter_names(h0, search["space"])}))
+    learned = view.learned(h0)
     if learned:  # a hybrid trial: its learned leaves are in its checkpoint, if run here
         saved = directory / "trials" / str(best.number)
         if not (saved / checkpoint.FILENAME).is_file():
             return None
         device = tree_leaves(h0)[0].device  # the checkpoint holds CPU tensors
         learned = tree_map(lambda leaf: leaf.to(device), checkpoint.load(saved)["h"])
-    return test_numbers(built, merge(learned, fixed))
+    return test_numbers(built, view.full(learned))

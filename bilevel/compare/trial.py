@@ -14,10 +14,11 @@ import torch
 
 from bilevel.compare.bilevel_side import evaluation, history_curve, train
 from bilevel.compare.cost import solve_cost
-from bilevel.compare.space import PartlyFixed, fixed_values, merge, parameter_names
+from bilevel.compare.space import fixed_values, parameter_names
 from bilevel.config.build import build
 from bilevel.config.load import from_dict
 from bilevel.errors import DivergenceError
+from bilevel.problem_view import ProblemView
 from bilevel.training.callbacks import Callback
 from bilevel.training.metrics import held_out, held_out_tasks
 
@@ -82,10 +83,10 @@ class Trial:
         try:
             _, built = self.configured({key: suggest(trial, key, spec)
                                         for key, spec in self.search["config"].items()})
-            problem = PartlyFixed(built.problem, self.fixed(trial, built))
+            problem = ProblemView(built.problem, fixed=self.fixed(trial, built))
             if problem.init_hyper(torch.Generator().manual_seed(0)):
                 return self.meta_train(trial, dataclasses.replace(built, problem=problem), spent)
-            return self.validate(built, merge({}, problem.fixed), spent)
+            return self.validate(built, problem.full({}), spent)
         except DivergenceError:
             return math.nan  # Optuna records the trial as failed; its cost still counts
         finally:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import keystr, tree_leaves_with_path
 
 from bilevel.config import yamlfile
 from bilevel.config.build import build
@@ -22,7 +21,7 @@ from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions
 from bilevel.training import Callback, meta_train, spec
 from bilevel.training.rundir import check_usable, differences, write_atomically
-from bilevel.tree import ravel
+from bilevel.tree import keystr, ravel, tree_leaves_with_path
 
 CONFIG_FILE = "config.yaml"
 # Keys that may change when a run is resumed: the run options that may (RunSpec's), and
@@ -89,8 +88,9 @@ class _ConfigRecord(Callback):
 
 
 def test_metrics(built, h) -> dict | None:
-    """The problem's metrics on its held-out test set at h (problems with `test_tasks`)."""
-    tasks = getattr(built.problem, "test_tasks", lambda: None)()
+    """The problem's metrics on its held-out test set at h (`BilevelProblem.test_tasks`), or
+    None for a problem without one."""
+    tasks = built.problem.test_tasks()
     if tasks is None:
         return None
     metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
@@ -131,11 +131,11 @@ def check_gradients(config: Config, *, methods=None, reference="exact", repeats=
     h = built.problem.init_hyper(generator)
     tasks = built.problem.sample_tasks(config.resolved["tasks_per_step"], generator)
     if reference == "closed-form":
-        if not hasattr(built.problem, "meta_gradient"):
+        reference = built.problem.meta_gradient(h, tasks)
+        if reference is None:
             raise config.error(f"{type(built.problem).__name__} has no closed-form "
                                "meta_gradient; use --reference exact", ("problem",))
-        reference = built.problem.meta_gradient(h, tasks)
-    name, method = built.spec.method_name, dataclasses.asdict(built.spec.method)
+    name, method = built.spec.method.name, dataclasses.asdict(built.spec.method)
     options = {name: method} if method and (methods is None or name in methods) else {}
     return gradcheck(built.problem, h, tasks, solver=built.spec.solver, methods=methods,
                      reference=reference, options=options, repeats=repeats)

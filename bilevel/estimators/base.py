@@ -1,21 +1,74 @@
-"""What every hypergradient estimator shares: batching over tasks and its `Info`.
+"""What every hypergradient estimator shares: its base class `Estimator`, batching over
+tasks and its `Info`.
 
-An estimator is a frozen dataclass of its options, registered by name, called as
-`estimator(problem, h, tasks, solver) -> (grad, info)`: grad shaped like h, averaged
-over the tasks; info a `bilevel.info.Info` whose cost counts what the call spent
-(`bilevel.testing.EstimatorContract` checks it against a problem that counts its own
+An estimator subclasses `Estimator`, as a frozen dataclass of its options registered by
+name, and is called as `estimator(problem, h, tasks, solver) -> (grad, info)`: grad shaped
+like h, averaged over the tasks; info a `bilevel.info.Info` whose cost counts what the call
+spent (`bilevel.testing.EstimatorContract` checks it against a problem that counts its own
 derivative evaluations). Its per-task work is a function of (h, task), written for ONE
 task and batched here with `vmap`.
 """
 
+import abc
+from typing import ClassVar
 
 from bilevel import compiled
-from bilevel.info import LOSS_KEY, Cost, Info
+from bilevel.errors import InvalidInputError
+from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, Cost, Info
 from bilevel.inner import at_inner_solutions, grad_ratio
 from bilevel.registry import Registry
 from bilevel.tree import tree_map
 
+
+class Estimator(abc.ABC):
+    """The base of every estimator; its optional capabilities are class attributes that a
+    subclass sets (unannotated, so that they are not dataclass fields):
+
+    assumes_converged_inner: its result is grad F(h) only at converged inner solutions
+        (implicit and perturbation estimators): `meta_train` warns when the solves are far
+        from converged, `hypergradient` when the problem has no regulariser.
+    not_compiled: why `compile=True` runs it eagerly (a warning; `compile="strict"` raises),
+        or None when it compiles.
+    """
+
+    assumes_converged_inner: ClassVar[bool] = False
+    not_compiled: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def __call__(self, problem, h: dict, tasks, solver) -> tuple[dict, Info]:
+        """(grad, info): the hypergradient averaged over the tasks, and its diagnostics."""
+
+    @property
+    def name(self) -> str:
+        """The name it is registered under (`estimators`), which records and `Info` use; the
+        class's qualified name if unregistered."""
+        return estimators.name_of(self) or type(self).__qualname__
+
+
 estimators = Registry("method")
+
+
+def as_estimator(method: "str | Estimator", options: dict | None = None, *,
+                 argument: str = "method") -> Estimator:
+    """An estimator given as an object (then `options` must be empty), or as a registered
+    name built with `options` (its fields); `argument` names it in errors."""
+    options = options or {}
+    if isinstance(method, Estimator):
+        if options:
+            raise InvalidInputError(
+                f"{argument}: options {', '.join(sorted(options))} given with the estimator "
+                f"object {method!r}; set them on the object (dataclasses.replace) or pass its "
+                "name")
+        return method
+    if not isinstance(method, str):
+        raise InvalidInputError(f"{argument} must be a registered name or a "
+                                f"bilevel.estimators.Estimator, got {method!r}")
+    estimator = estimators.build(method, options, argument=argument)
+    if not isinstance(estimator, Estimator):
+        raise InvalidInputError(
+            f"{argument}: {method!r} is registered as {type(estimator).__qualname__}, which "
+            "does not subclass bilevel.estimators.Estimator (docs/extending.md)")
+    return estimator
 
 
 def average_over_tasks(task_gradient, h, tasks):
@@ -38,13 +91,13 @@ def average_at_solutions(finish, problem, h, tasks, solver):
 def solve_info(method: str, stats: dict, cost: Cost, **extra) -> Info:
     """The `Info` of an estimator that ran the inner solver. `stats` holds one entry per
     task: the solver's "grad_norm" and "steps" (and "grad_norm_start", which adds the
-    per-task "inner_grad_ratio" = grad_norm / grad_norm_start, 0 for a solve that starts at
-    a stationary point), and "val_loss"; `cost` is the cost of ONE
-    task (multiplied here by the number of tasks); `extra`: `Info.per_task`, `settings`."""
+    per-task INNER_GRAD_RATIO = grad_norm / grad_norm_start, 0 for a solve that starts at a
+    stationary point), and "val_loss"; `cost` is the cost of ONE task (multiplied here by
+    the number of tasks); `extra`: `Info.per_task`, `settings`."""
     n_tasks = stats["grad_norm"].shape[0]
     ratio = grad_ratio(stats)
     if ratio is not None:
-        extra["per_task"] = {"inner_grad_ratio": ratio} | dict(extra.get("per_task", {}))
+        extra["per_task"] = {INNER_GRAD_RATIO: ratio} | dict(extra.get("per_task", {}))
     return Info(method=method, n_tasks=n_tasks, cost=cost * n_tasks,
                 inner_grad_norm=stats["grad_norm"], inner_steps=stats["steps"],
                 val_loss=stats[LOSS_KEY], **extra)

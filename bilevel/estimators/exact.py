@@ -17,14 +17,14 @@ import dataclasses
 import torch
 from torch.func import grad, grad_and_value, hessian
 
-from bilevel.estimators.base import average_at_solutions, estimators, solve_info
+from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import ravel, tree_map
 
 
 @estimators.register("exact")
 @dataclasses.dataclass(frozen=True)
-class Exact:
+class Exact(Estimator):
     """Implicit differentiation at the solver's inner solution, dense Hessian."""
 
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
@@ -54,4 +54,4 @@ class Exact:
         # tangent per coordinate of phi), the mixed term one d_h d_phi g product.
         k, p = solver.steps, int(stats.pop("n_params")[0])
         cost = Cost(inner_grad_evals=k, grad_evals=k + p + 1, hvps=p, mixed_products=1)
-        return grads, solve_info("exact", stats, cost)
+        return grads, solve_info(self.name, stats, cost)

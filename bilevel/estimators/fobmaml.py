@@ -32,7 +32,7 @@ from torch.func import grad, vmap
 
 from bilevel import checks, compiled
 from bilevel.errors import BilevelError, DivergenceError
-from bilevel.estimators.base import estimators, solve_info
+from bilevel.estimators.base import Estimator, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_batch
 from bilevel.tree import tree_dot, tree_leaves, tree_map, tree_sq_norm
@@ -152,7 +152,7 @@ def perturbed_objective(problem, phi, h, task, nu):
 
 @estimators.register("fo-bmaml")
 @dataclasses.dataclass(frozen=True)
-class FOBMAML:
+class FOBMAML(Estimator):
     """Finite differences of psi(nu) in nu (eq. 16) for every hyperparameter at once.
 
     nu: step of the difference, a number > 0, "auto" (`auto_nu`: k_p eps^(1/(p+1))
@@ -235,7 +235,7 @@ class FOBMAML:
         mean_scale = _geometric_mean(scale)
         settings = {"nu": self.resolve_nu(leaf.dtype, mean_scale), "scheme": self.scheme,
                     "nu_scale": mean_scale}
-        return grads, solve_info("fo-bmaml", stats, cost, settings=settings)
+        return grads, solve_info(self.name, stats, cost, settings=settings)
 
 
 def _geometric_mean(values: torch.Tensor) -> float:

@@ -26,10 +26,10 @@ import torch
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from bilevel import compiled
-from bilevel.estimators.base import estimators, solve_info
+from bilevel.estimators.base import Estimator, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import run_steps
-from bilevel.solvers import is_stepwise
+from bilevel.solvers import Tangents
 from bilevel.tree import tree_leaves, tree_map
 
 
@@ -50,7 +50,7 @@ def perturbed_gradient(problem, phi, h, task, nu, argnum):
 
 @estimators.register("fo-bmaml-jvp")
 @dataclasses.dataclass(frozen=True)
-class FOBMAMLJVP:
+class FOBMAMLJVP(Estimator):
     """d psi / d nu at nu = 0 for the K-step solver, by forward-mode differentiation."""
 
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
@@ -58,7 +58,7 @@ class FOBMAMLJVP:
 
     def __call__(self, problem, h, tasks, solver):
         inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-        if is_stepwise(solver):
+        if solver.stepwise:
             phi, tangent, stats = _tangent_recursion(problem, h, tasks, solver, inits)
         else:
             phi, tangent, stats = _jvp_through_run(problem, h, tasks, solver, inits)
@@ -74,7 +74,7 @@ class FOBMAMLJVP:
         # one mixed product (the gradients of val_loss are not g's).
         k = solver.steps
         cost = Cost(inner_grad_evals=k, grad_evals=k + 1, hvps=k, mixed_products=1)
-        return grads, solve_info("fo-bmaml-jvp", stats | val_loss, cost)
+        return grads, solve_info(self.name, stats | val_loss, cost)
 
 
 def _direct_and_mixed(problem, phi, tangent, h, task):
@@ -84,13 +84,6 @@ def _direct_and_mixed(problem, phi, tangent, h, task):
     _, pull_back = vjp(lambda h: grad(problem.inner_objective)(phi, h, task), h)
     (mixed,) = pull_back(tangent)
     return direct, mixed
-
-
-def not_a_gradient(fn):
-    """fn, marked as no evaluation of the inner gradient when passed to a solver's step as
-    its grad_fn (bilevel.testing.CountingSolver does not count it)."""
-    fn.is_gradient = False
-    return fn
 
 
 def _tangent_recursion(problem, h, tasks, solver, inits):
@@ -109,7 +102,6 @@ def _tangent_recursion(problem, h, tasks, solver, inits):
     forward by jvp (twice: to find dy_k, then to step, the gradient an input). Per step:
     one gradient of g, one HVP, one gradient of val_loss (at y_k; the term nu * H_val dy_k
     is 0 at nu = 0)."""
-    linear = getattr(solver, "linear_steps", False)
 
     def start(init):
         x, aux = solver.start(init)
@@ -128,21 +120,21 @@ def _tangent_recursion(problem, h, tasks, solver, inits):
             y, pull_back = queries[0]
             return tree_map(torch.add, pull_back(dy)[0], grad(problem.val_loss)(y, h, task))
 
-        if linear:
+        if solver.linear_steps:
             x_next, aux_next = solver.step(k, x, aux, gradient)
-            tangent_next, _ = solver.step(k, tangent, aux, not_a_gradient(d_gradient))
+            tangent_next, _ = solver.step(k, tangent, aux, Tangents(d_gradient))
             return x_next, tangent_next, aux_next
 
         def query_point(x):
             """The point y_k where step k queries the gradient."""
             points = []
-            solver.step(k, x, aux, not_a_gradient(
+            solver.step(k, x, aux, Tangents(
                 lambda y: points.append(y) or tree_map(torch.zeros_like, y)))
             return points[0]
 
         def step_given(x, value):
             """Step k with `value` as the gradient."""
-            return solver.step(k, x, aux, not_a_gradient(lambda _: value))
+            return solver.step(k, x, aux, Tangents(lambda _: value))
 
         y, dy = jvp(query_point, (x,), (tangent,))
         return jvp(step_given, (x, gradient(y)), (tangent, d_gradient(dy)), has_aux=True)

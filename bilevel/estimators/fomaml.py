@@ -14,13 +14,12 @@ only: zero unless val_loss reads them. Biased for F(h) even with converged solve
 import dataclasses
 
 from torch.func import grad_and_value
-from torch.utils._pytree import tree_structure
 
 from bilevel.errors import InvalidInputError
-from bilevel.estimators.base import average_at_solutions, estimators, solve_info
+from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.regularizers import require_key
-from bilevel.tree import tree_map
+from bilevel.tree import tree_map, tree_structure
 
 
 def check_theta_shaped_like_phi(theta, phi, method: str):
@@ -33,7 +32,7 @@ def check_theta_shaped_like_phi(theta, phi, method: str):
 
 @estimators.register("fomaml")
 @dataclasses.dataclass(frozen=True)
-class FOMAML:
+class FOMAML(Estimator):
     """d_phi val_loss at the inner solution as the gradient for theta (eq. 3)."""
 
     def __call__(self, problem, h, tasks, solver):
@@ -47,4 +46,4 @@ class FOMAML:
 
         grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         k = solver.steps
-        return grads, solve_info("fomaml", stats, Cost.solve(k))
+        return grads, solve_info(self.name, stats, Cost.solve(k))

@@ -18,7 +18,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp
 
 from bilevel import checks
-from bilevel.estimators.base import average_at_solutions, estimators, solve_info
+from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import ravel, tree_map
 
@@ -60,7 +60,7 @@ def conjugate_gradient(matvec, b, steps: int, tol: float | None):
 
 @estimators.register("imaml")
 @dataclasses.dataclass(frozen=True)
-class IMAML:
+class IMAML(Estimator):
     """Implicit hypergradient with H^-1 applied by conjugate gradient.
 
     cg_steps: CG iterations (= Hessian-vector products per task).
@@ -105,4 +105,4 @@ class IMAML:
         # the c products, once for the mixed product.
         cost = Cost(inner_grad_evals=k, grad_evals=k + 2, hvps=c, mixed_products=1)
         per_task = {"cg_steps": stats["cg_steps"], "cg_residual": stats["cg_residual"]}
-        return grads, solve_info("imaml", stats, cost, per_task=per_task)
+        return grads, solve_info(self.name, stats, cost, per_task=per_task)

@@ -15,14 +15,14 @@ import dataclasses
 
 from torch.func import grad_and_value
 
-from bilevel.estimators.base import average_over_tasks, estimators, solve_info
+from bilevel.estimators.base import Estimator, average_over_tasks, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
 
 
 @estimators.register("maml")
 @dataclasses.dataclass(frozen=True)
-class MAML:
+class MAML(Estimator):
     """d/dh val_loss(phi_K(h), h) by `torch.func.grad` over the whole inner solve."""
 
     def __call__(self, problem, h, tasks, solver):
@@ -37,4 +37,4 @@ class MAML:
         grads, stats = average_over_tasks(task_gradient, h, tasks)
         # The backward pass through each step's gradient is one Hessian-vector product.
         k = solver.steps
-        return grads, solve_info("maml", stats, Cost(inner_grad_evals=k, grad_evals=k, hvps=k))
+        return grads, solve_info(self.name, stats, Cost(inner_grad_evals=k, grad_evals=k, hvps=k))

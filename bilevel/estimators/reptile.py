@@ -18,7 +18,7 @@ import numbers
 from torch.func import grad_and_value
 
 from bilevel.errors import InvalidInputError
-from bilevel.estimators.base import average_at_solutions, estimators, solve_info
+from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.estimators.fomaml import check_theta_shaped_like_phi
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.regularizers import require_key
@@ -27,12 +27,12 @@ from bilevel.tree import tree_map
 
 @estimators.register("reptile")
 @dataclasses.dataclass(frozen=True)
-class Reptile:
+class Reptile(Estimator):
     """(theta - phi_K) / (K * lr) for theta (eq. 4)."""
 
     def __call__(self, problem, h, tasks, solver):
         require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
-        lr = getattr(solver, "lr", None)
+        lr = solver.lr
         if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
             raise InvalidInputError(
                 f"reptile needs a solver with a step size lr, since it divides by "
@@ -48,4 +48,4 @@ class Reptile:
 
         grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
         k = solver.steps
-        return grads, solve_info("reptile", stats, Cost.solve(k))
+        return grads, solve_info(self.name, stats, Cost.solve(k))

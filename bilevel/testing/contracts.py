@@ -23,7 +23,6 @@ import dataclasses
 import pytest
 import torch
 from torch.func import vmap
-from torch.utils._pytree import tree_leaves, tree_structure
 
 from bilevel.estimators import estimators
 from bilevel.hypergradient import hypergradient
@@ -31,7 +30,7 @@ from bilevel.info import Cost, Info
 from bilevel.inner import solve_inner
 from bilevel.solvers import GD, solvers
 from bilevel.testing.counting import CountingQuadratic, CountingSolver
-from bilevel.tree import relative_error, tree_map
+from bilevel.tree import relative_error, tree_leaves, tree_map, tree_structure
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -204,7 +203,7 @@ class SolverContract:
         """A solver that claims `linear_steps` (its tangents mapped by `step` itself in
         fo-bmaml-jvp) gives the hypergradient that jvp through its steps and through its
         whole run give."""
-        if not getattr(solver, "linear_steps", False):
+        if not solver.linear_steps:
             pytest.skip("the solver does not claim linear_steps")
         problem, h, tasks = setting()
         claimed, _ = hypergradient(problem, h, tasks, solver=solver, method="fo-bmaml-jvp")

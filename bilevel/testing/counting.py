@@ -26,7 +26,7 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from bilevel.problem import BilevelProblem
-from bilevel.solvers import InnerSolver, is_stepwise
+from bilevel.solvers import InnerSolver, Tangents
 
 _DIFFERENTIATING = (TransformType.Grad, TransformType.Jvp)
 
@@ -138,22 +138,22 @@ class CountingSolver(InnerSolver):
         return self.solver.steps
 
     @property
-    def lr(self):
-        return getattr(self.solver, "lr", None)
+    def lr(self) -> float | None:
+        return self.solver.lr
 
     def with_steps(self, steps: int) -> "CountingSolver":
         return CountingSolver(self.solver.with_steps(steps), self.counter)
 
     @property
     def stepwise(self) -> bool:
-        return is_stepwise(self.solver)
+        return self.solver.stepwise
 
     @property
     def linear_steps(self) -> bool:
-        return getattr(self.solver, "linear_steps", False)
+        return self.solver.linear_steps
 
     def _counted(self, grad_fn):
-        if not getattr(grad_fn, "is_gradient", True):  # fo-bmaml-jvp's maps of its tangents
+        if isinstance(grad_fn, Tangents):  # fo-bmaml-jvp's maps of its tangents
             return grad_fn
 
         def counted(phi):

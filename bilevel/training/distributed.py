@@ -14,10 +14,9 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel.errors import InvalidInputError
-from bilevel.tree import ravel, tree_map
+from bilevel.tree import ravel, tree_flatten, tree_map, tree_unflatten
 
 
 @dataclasses.dataclass(frozen=True)

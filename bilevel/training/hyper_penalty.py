@@ -16,10 +16,10 @@ examples, weight = 1 / (n s^2).
 import dataclasses
 
 import torch
-from torch.utils._pytree import tree_flatten_with_path
 
 from bilevel import checks
 from bilevel.errors import InvalidInputError
+from bilevel.tree import tree_flatten_with_path
 
 
 @dataclasses.dataclass(frozen=True)

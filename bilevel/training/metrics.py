@@ -7,21 +7,21 @@ import math
 
 import torch
 
-from bilevel.info import Cost
+from bilevel.info import INNER_GRAD_RATIO, Cost
 from bilevel.inner import at_inner_solutions, grad_ratio
 from bilevel.training import distributed
 
 
 def held_out(problem, h, tasks, solver) -> dict[str, torch.Tensor]:
     """The sum over the tasks of `problem.eval_metrics(phi*_i(h), h, task_i)`, and of how far
-    each solve got ("inner_grad_ratio", `bilevel.inner.grad_ratio`), the inner problems solved
+    each solve got (INNER_GRAD_RATIO, `bilevel.inner.grad_ratio`), the inner problems solved
     in one vmapped batch (costing `Cost.solve(solver.steps)` per task). Sums, so that
     processes holding different numbers of tasks can add theirs before dividing by the total."""
     metrics, stats = at_inner_solutions(problem.eval_metrics, problem, h, tasks, solver,
                                         with_stats=True)
     ratio = grad_ratio(stats)
     if ratio is not None:
-        metrics = metrics | {"inner_grad_ratio": ratio}
+        metrics = metrics | {INNER_GRAD_RATIO: ratio}
     return {name: value.sum(0) for name, value in metrics.items()}
 
 

@@ -11,12 +11,11 @@ config.yaml). `RESUMABLE` names the options that a resumed run may change.
 """
 
 import dataclasses
-from typing import Any
 
 from bilevel import checks, compiled
 from bilevel.checks import option
 from bilevel.errors import InvalidInputError
-from bilevel.estimators import estimators
+from bilevel.estimators import Estimator, as_estimator
 from bilevel.solvers import InnerSolver, as_solver, solver_name
 from bilevel.training.hyper_penalty import HyperPenalty
 from bilevel.training.optimizers import OuterOptimizer
@@ -42,7 +41,7 @@ class RunSpec:
     """
 
     solver: InnerSolver = option("the inner solver")
-    method: Any = option("the hypergradient estimator", "fo-bmaml")
+    method: Estimator = option("the hypergradient estimator", "fo-bmaml")
     outer: OuterOptimizer = option("the outer optimizer of h", "adam")
     steps: int = option("outer steps", minimum=1, resumable=True)
     tasks_per_step: int = option("tasks in each outer step's batch", minimum=1)
@@ -69,7 +68,7 @@ class RunSpec:
 
     def __post_init__(self):
         built = {"solver": as_solver(self.solver),
-                 "method": _estimator(self.method),
+                 "method": as_estimator(self.method),
                  "outer": OuterOptimizer.parse(self.outer),
                  "eval": Evaluation.parse(self.eval),
                  "warm_start": WarmStart.parse(self.warm_start),
@@ -101,15 +100,11 @@ class RunSpec:
                                     f"{', '.join(OPTIONS)}, eval_every, eval_tasks")
         return cls(eval=options.pop("eval", evaluation), **options)
 
-    @property
-    def method_name(self) -> str:
-        return estimators.name_of(self.method) or type(self.method).__qualname__
-
     def record(self) -> dict:
         """The options as plain values (JSON and YAML), each unit with its name and every
         option filled in: what a run directory records."""
         units = {"solver": _unit(solver_name(self.solver), self.solver),
-                 "method": _unit(self.method_name, self.method),
+                 "method": _unit(self.method.name, self.method),
                  "outer": self.outer.as_dict(), "eval": _as_dict(self.eval),
                  "warm_start": _as_dict(self.warm_start),
                  "hyper_penalty": _as_dict(self.hyper_penalty)}
@@ -124,16 +119,6 @@ OPTIONS = tuple(field.name for field in dataclasses.fields(RunSpec))
 # What a resumed run may change: its length, checkpoints, threads and progress bar.
 RESUMABLE = frozenset(field.name for field in dataclasses.fields(RunSpec)
                       if field.metadata["resumable"])
-
-
-def _estimator(method):
-    """An estimator object from itself, a registered name or {"name": ..., **options}."""
-    if isinstance(method, str | dict):
-        return estimators.from_spec(method, argument="method")
-    if estimators.name_of(method) is None and not callable(method):
-        raise InvalidInputError(f"method must be an estimator, a registered name or a dict "
-                                f"with a 'name' key, got {method!r}")
-    return method
 
 
 def _unit(name: str, unit) -> dict:

@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from bilevel import compiled, devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
-from bilevel.info import LOSS_KEY
+from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, per_task_name
 from bilevel.training import checkpoint, distributed
 from bilevel.training import warm_start as warm_starts
 from bilevel.training.callbacks import Callback
@@ -343,7 +343,8 @@ class _Run:
         """Blow-ups that stay finite (float64 can reach 1e+300): an inner solve whose gradient
         norm grew past divergence_factor times its first, or a loss that did against the
         run's first."""
-        ratio, factor = values.get("inner_grad_ratio_max"), self.spec.divergence_factor
+        ratio = values.get(per_task_name(INNER_GRAD_RATIO, "max"))
+        factor = self.spec.divergence_factor
         if ratio is not None and ratio > factor:
             raise DivergenceError(t, "an inner solve", self._kept(), problem=(
                 f"blew up: its gradient norm grew {ratio:.3g}-fold over the solve (more than "
@@ -358,15 +359,16 @@ class _Run:
         """Once per run: the estimator's result assumes converged inner solves (fo-bmaml,
         fo-bmaml-jvp, imaml, exact), but the solves cut the gradient norm less than 10-fold
         (warm-started: the warm solves, against the first step's cold start)."""
-        metric = ("warm_start_grad_ratio_mean" if "warm_start_grad_ratio_mean" in values
-                  else "inner_grad_ratio_mean")
+        metric = per_task_name(warm_starts.GRAD_RATIO, "mean")
+        if metric not in values:
+            metric = per_task_name(INNER_GRAD_RATIO, "mean")
         ratio = values.get(metric)
-        assumes = getattr(self.spec.method, "assumes_converged_inner", False)
+        assumes = self.spec.method.assumes_converged_inner
         if self.warned_unconverged or not assumes or ratio is None or ratio <= 0.1:
             return
         self.warned_unconverged = True
         warnings.warn(f"the inner solves are far from converged (final / first gradient norm "
-                      f"{ratio:.2g} on average), but {self.spec.method_name!r} assumes converged "
+                      f"{ratio:.2g} on average), but {self.spec.method.name!r} assumes converged "
                       "inner solutions: its hypergradient is biased; give the solver more steps or "
                       f"a larger lr (metrics: {metric})", stacklevel=4)
 

@@ -7,15 +7,16 @@ does
 
     phi_t   = k solver steps on g(., h_t) from phi_{t-1}      (step 1: from
               problem.inner_init, with the solver's own steps)
-    g, info = hypergradient(Started(problem), h_t, {"task": tasks, "start": phi_t},
-                            solver=solver.with_steps(k'))
+    g, info = hypergradient(ProblemView(problem, start=True), h_t,
+                            {"task": tasks, "start": phi_t}, solver=solver.with_steps(k'))
 
 The estimator is unchanged: it starts its solves where `problem.inner_init` says, and
-`Started` answers with the task's "start". So fo-bmaml's stencil points all start at
-phi_t and run k' steps in lock-step, fomaml's and imaml's solve continues from phi_t for
-k' steps, and so on; the start is a constant to them (maml does not differentiate through
-it). The step costs the estimator's inner gradient evaluations plus k per task (the first
-step: the solver's steps), and `meta_train` logs both in `inner_grad_evals`.
+the view (`bilevel.problem_view.ProblemView`) answers with the task's "start". So
+fo-bmaml's stencil points all start at phi_t and run k' steps in lock-step, fomaml's and
+imaml's solve continues from phi_t for k' steps, and so on; the start is a constant to
+them (maml does not differentiate through it). The step costs the estimator's inner
+gradient evaluations plus k per task (the first step: the solver's steps), and `meta_train`
+logs both in `inner_grad_evals`.
 
 phi_t is part of the run's state: checkpoints hold it, so a resumed run continues bit for
 bit. The tasks must not change from step to step: a fingerprint of the batch (SHA-256 of
@@ -30,9 +31,13 @@ from torch.func import vmap
 
 from bilevel import checks
 from bilevel.errors import InvalidInputError
+from bilevel.info import per_task_scalars
 from bilevel.inner import grad_ratio, solve_inner
-from bilevel.problem import BilevelProblem
+from bilevel.problem_view import ProblemView
 from bilevel.tree import tree_leaves, tree_map
+
+# The per-task entry of how far the warm solves got, against the first step's cold start.
+GRAD_RATIO = "warm_start_grad_ratio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +91,11 @@ def scalars(stats: dict, evals: int, device) -> list:
     instead of the estimator's inner_grad_ratio: its solves start at a near-solution)."""
     values = {"warm_start_grad_norm": stats["grad_norm"]}
     if "grad_ratio" in stats:
-        values["warm_start_grad_ratio"] = stats["grad_ratio"]
+        values[GRAD_RATIO] = stats["grad_ratio"]
     entries = [("warm_start_inner_grad_evals",
                 torch.tensor(float(evals), dtype=torch.float64, device=device), "sum")]
     for name, value in values.items():
-        value = value.detach().to(device=device, dtype=torch.float64)
-        entries += [(f"{name}_mean", value.mean(), "mean"), (f"{name}_max", value.max(), "max")]
+        entries += per_task_scalars(name, value, device)
     return entries
 
 
@@ -102,7 +106,8 @@ class WarmStarts:
 
     def __init__(self, spec: WarmStart, problem):
         self.spec, self.problem = spec, problem
-        self.started = Started(problem)  # one object: the problem checks are cached on it
+        # One object: the problem checks are cached on it.
+        self.started = ProblemView(problem, start=True)
         self.phi = self.tasks_digest = self.start_norm = None
 
     def prepare(self, h, tasks, solver, step: int):
@@ -142,46 +147,3 @@ class WarmStarts:
 
         self.phi, self.start_norm = to_device(state["phi"]), to_device(state["start_norm"])
         self.tasks_digest = state["tasks_digest"]
-
-
-class Started(BilevelProblem):
-    """`problem` whose inner solves start at each task's "start": its tasks are
-    {"task": a task of `problem`, "start": phi}. Every other method is `problem`'s, on the
-    task's "task"; other attributes (`report`, `test_tasks`, ...) are `problem`'s too."""
-
-    def __init__(self, problem: BilevelProblem):
-        self.problem = problem
-        self.regularization = problem.regularization
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["problem"], name)
-
-    def inner_init(self, h, task):
-        return task["start"]
-
-    def init_hyper(self, generator=None):
-        return self.problem.init_hyper(generator)
-
-    def sample_tasks(self, n, generator=None):
-        return self.problem.sample_tasks(n, generator)
-
-    def train_loss(self, phi, h, task):
-        return self.problem.train_loss(phi, h, task["task"])
-
-    def val_loss(self, phi, h, task):
-        return self.problem.val_loss(phi, h, task["task"])
-
-    def regularizer(self, phi, h):
-        return self.problem.regularizer(phi, h)
-
-    def lam(self, h):
-        return self.problem.lam(h)
-
-    def penalty(self, phi, h):
-        return self.problem.penalty(phi, h)
-
-    def inner_objective(self, phi, h, task):
-        return self.problem.inner_objective(phi, h, task["task"])
-
-    def eval_metrics(self, phi, h, task):
-        return self.problem.eval_metrics(phi, h, task["task"])

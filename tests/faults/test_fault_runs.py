@@ -19,7 +19,7 @@ from tests.test_blowups import SteeperAfter
 from tests.test_training import train
 
 METHODS = estimators.names()
-IMPLICIT = [m for m in METHODS if getattr(estimators.get(m), "assumes_converged_inner", False)]
+IMPLICIT = [m for m in METHODS if estimators.get(m).assumes_converged_inner]
 
 
 def assert_stopped_with_checkpoint(directory, step):
