@@ -16,7 +16,7 @@ from bilevel import compiled
 from bilevel.errors import InvalidInputError
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, Cost, Info
 from bilevel.inner import at_inner_solutions, grad_ratio
-from bilevel.registry import Registry
+from bilevel.registry import Registry, name_and_options
 from bilevel.tree import tree_map
 
 
@@ -51,8 +51,11 @@ estimators = Registry("method")
 def as_estimator(method: "str | Estimator", options: dict | None = None, *,
                  argument: str = "method") -> Estimator:
     """An estimator given as an object (then `options` must be empty), or as a registered
-    name built with `options` (its fields); `argument` names it in errors."""
+    name built with `options` (its fields), or as {"name": ..., **options}; `argument`
+    names it in errors."""
     options = options or {}
+    if isinstance(method, dict) and not options:
+        method, options = name_and_options(method, argument)
     if isinstance(method, Estimator):
         if options:
             raise InvalidInputError(
