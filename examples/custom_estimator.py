@@ -7,9 +7,11 @@ At the solver's inner solution phi_K of one task, with H = d_phi^2 g(phi_K, h),
     grad = d_h val_loss(phi_K, h) - d_h < d_phi g(phi_K, h), v >
 
 the series converging when 0 < alpha < 2 / ||H||. Each term costs one Hessian-vector
-product, the last line one mixed product. Importing this module registers it as
-"neumann"; examples/test_custom_units.py runs the shipped contract suite on it (its cost
-included); see docs/extending.md.
+product (forward over reverse: a jvp of d_phi g), the last line one mixed product.
+The library ships this method as "neumann" (reverse over reverse, with a divergence
+check); importing this module registers the user's version as "neumann-jvp".
+examples/test_custom_units.py runs the shipped contract suite on it (its cost included);
+see docs/extending.md.
 """
 
 import dataclasses
@@ -33,9 +35,9 @@ def neumann_series(hvp, b, terms: int, alpha: float):
     return tree_map(lambda s: alpha * s, total)
 
 
-@estimators.register("neumann")
+@estimators.register("neumann-jvp")
 @dataclasses.dataclass(frozen=True)
-class Neumann(Estimator):
+class NeumannJvp(Estimator):
     """H^-1 applied by `terms` terms of the Neumann series with step `alpha`."""
 
     terms: int = 20

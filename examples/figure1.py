@@ -33,6 +33,9 @@ METHODS = [  # label, method, options
     ("FO-B-MAML forward", "fo-bmaml", {"scheme": "forward"}),
     ("FO-B-MAML symmetric", "fo-bmaml", {"scheme": "symmetric"}),
     ("FO-B-MAML forward mode (jvp)", "fo-bmaml-jvp", {}),
+    ("Neumann 20 terms", "neumann", {"terms": 20}),
+    ("Neumann 200 terms", "neumann", {"terms": 200}),
+    ("DARTS", "darts", {}),
 ]
 FULL = {"dim": 20, "kappa": 1e3, "lam": 10.0, "n_tasks": 10,
         "steps": [5, 10, 20, 50, 100, 200, 500, 1000], "outer_steps": 50,

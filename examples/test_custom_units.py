@@ -8,16 +8,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import custom_estimator  # noqa: E402, F401  (registers "neumann")
+import custom_estimator  # noqa: E402, F401  (registers "neumann-jvp")
 import custom_solver  # noqa: E402  (registers "heavy-ball")
 
 from bilevel.testing import EstimatorContract, SolverContract  # noqa: E402
 
 
-class TestNeumann(EstimatorContract):
+class TestNeumannJvp(EstimatorContract):
     @pytest.fixture
     def method(self):
-        return "neumann"
+        return "neumann-jvp"
 
 
 class TestHeavyBall(SolverContract):

@@ -3,7 +3,17 @@ that declares their capabilities), `average_over_tasks` and `solve_info` are the
 estimator of one's own builds on (docs/extending.md); `as_estimator` gives one from an
 object or a name."""
 
-from bilevel.estimators import exact, fobmaml, fobmaml_jvp, fomaml, imaml, maml, reptile
+from bilevel.estimators import (
+    darts,
+    exact,
+    fobmaml,
+    fobmaml_jvp,
+    fomaml,
+    imaml,
+    maml,
+    neumann,
+    reptile,
+)
 from bilevel.estimators.base import (
     Estimator,
     as_estimator,
@@ -12,5 +22,6 @@ from bilevel.estimators.base import (
     solve_info,
 )
 
-__all__ = ["Estimator", "as_estimator", "average_over_tasks", "estimators", "exact", "fobmaml",
-           "fobmaml_jvp", "fomaml", "imaml", "maml", "reptile", "solve_info"]
+__all__ = ["Estimator", "as_estimator", "average_over_tasks", "darts", "estimators", "exact",
+           "fobmaml", "fobmaml_jvp", "fomaml", "imaml", "maml", "neumann", "reptile",
+           "solve_info"]

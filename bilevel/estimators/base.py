@@ -10,6 +10,7 @@ task and batched here with `vmap`.
 """
 
 import abc
+import numbers
 from typing import ClassVar
 
 from bilevel import compiled
@@ -104,3 +105,12 @@ def solve_info(method: str, stats: dict, cost: Cost, **extra) -> Info:
     return Info(method=method, n_tasks=n_tasks, cost=cost * n_tasks,
                 inner_grad_norm=stats["grad_norm"], inner_steps=stats["steps"],
                 val_loss=stats[LOSS_KEY], **extra)
+
+
+def solver_lr(solver, needed_by: str) -> float:
+    """The solver's step size `lr`, for an estimator that reads it; `needed_by` says who
+    needs it and why (the start of the error raised when the solver has none)."""
+    lr = getattr(solver, "lr", None)
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+        raise InvalidInputError(f"{needed_by}; got {solver!r}")
+    return float(lr)

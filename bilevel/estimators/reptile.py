@@ -13,12 +13,16 @@ memory does not grow with the number of inner steps.
 """
 
 import dataclasses
-import numbers
 
 from torch.func import grad_and_value
 
-from bilevel.errors import InvalidInputError
-from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
+from bilevel.estimators.base import (
+    Estimator,
+    average_at_solutions,
+    estimators,
+    solve_info,
+    solver_lr,
+)
 from bilevel.estimators.fomaml import check_theta_shaped_like_phi
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.regularizers import require_key
@@ -32,12 +36,8 @@ class Reptile(Estimator):
 
     def __call__(self, problem, h, tasks, solver):
         require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
-        lr = solver.lr
-        if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
-            raise InvalidInputError(
-                f"reptile needs a solver with a step size lr, since it divides by "
-                f"steps * lr; got {solver!r}"
-            )
+        lr = solver_lr(solver, "reptile needs a solver with a step size lr, since it divides "
+                               "by steps * lr")
         scale = 1.0 / (solver.steps * lr)
 
         def at_solution(phi, h, task):
