@@ -192,7 +192,7 @@ def test_bad_options_are_one_line_errors_naming_the_key(method, options, message
 
 @pytest.mark.parametrize("method, key", [("neumann", "alpha"), ("darts", "xi")])
 def test_a_solver_without_lr_needs_the_step_given(method, key):
-    class NoStepSize:
+    class NoStepSize(bilevel.solvers.InnerSolver):
         steps = 3
 
         def run(self, grad_fn, init):

@@ -110,7 +110,7 @@ def solve_info(method: str, stats: dict, cost: Cost, **extra) -> Info:
 def solver_lr(solver, needed_by: str) -> float:
     """The solver's step size `lr`, for an estimator that reads it; `needed_by` says who
     needs it and why (the start of the error raised when the solver has none)."""
-    lr = getattr(solver, "lr", None)
+    lr = solver.lr
     if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
         raise InvalidInputError(f"{needed_by}; got {solver!r}")
     return float(lr)
