@@ -102,13 +102,16 @@ def differences(recorded, current, path="") -> list[str]:
 
 
 def test_metrics(built, h) -> dict | None:
-    """The problem's metrics on its held-out test set at h (problems with `test_tasks`)."""
+    """The problem's metrics on its held-out test set at h (problems with `test_tasks`),
+    and its `cleaning_metrics(h)` where it has them (`ComposedProblem`)."""
     tasks = getattr(built.problem, "test_tasks", lambda: None)()
     if tasks is None:
         return None
     metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
                                  built.solver)
-    return {f"test_{k.removeprefix('val_')}": v.mean().item() for k, v in metrics.items()}
+    cleaning = getattr(built.problem, "cleaning_metrics", lambda h: {})(h)
+    return {f"test_{k.removeprefix('val_')}": v.mean().item() for k, v in metrics.items()} \
+        | cleaning
 
 
 def validate(config: Config) -> dict:
