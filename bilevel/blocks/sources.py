@@ -146,8 +146,8 @@ class Holdout:
         rows = len(y)
         n_train = _count("split train", self.train, rows)
         n_val = _count("split val", self.val, rows)
-        n_test = rows - n_train - n_val if self.test is None else _count("split test", self.test,
-                                                                          rows)
+        rest = max(rows - n_train - n_val, 0)
+        n_test = rest if self.test is None else _count("split test", self.test, rows)
         if n_train + n_val + n_test > rows:
             raise InvalidInputError(f"split: train + val + test = {n_train + n_val + n_test} "
                                     f"rows, but the table has only {rows}")
