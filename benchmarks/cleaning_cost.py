@@ -122,9 +122,10 @@ def main(argv=None) -> None:
                       "step_wall_s": statistics.median(wall[name]),
                       "step_cpu_s_runs": cpu[name], **counts[name]}
                for name, problem in cases.items()}
-    print(json.dumps({"benchmark": "cleaning_cost", "rows": rows, "features": FEATURES,
-                      "classes": CLASSES, "inner_steps": INNER_STEPS, "method":
-                      "fo-bmaml (symmetric)", "steps": STEPS, "repeats": repeats,
+    command = "python benchmarks/cleaning_cost.py" + (" --quick" if args.quick else "")
+    print(json.dumps({"benchmark": "cleaning_cost", "command": command, "rows": rows,
+                      "features": FEATURES, "classes": CLASSES, "inner_steps": INNER_STEPS,
+                      "method": "fo-bmaml (symmetric)", "steps": STEPS, "repeats": repeats,
                       "threads": 1, "torch": torch.__version__,
                       "seconds": time.perf_counter() - start, "results": results}, indent=1))
 
