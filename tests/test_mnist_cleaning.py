@@ -143,6 +143,10 @@ def test_bad_fraction_few_shot_and_missing_package_are_one_line_errors(monkeypat
         with pytest.raises(InvalidInputError, match=r"^split: corruption must be a fraction "
                                                     r"in \[0, 1\), got"):
             sources.build("mnist", {"split": SPLIT | {"corruption": fraction}}).load(F64, "cpu")
+    too_many = {"kind": "holdout", "train": 1000, "val": 500, "test": 500}
+    with pytest.raises(InvalidInputError, match=r"^split: train \+ val \+ test = 2000 rows, "
+                                                r"but the table has only 1797"):
+        sources.build("sklearn", {"dataset": "digits", "split": too_many}).load(F64, "cpu")
     few_shot = sources.build("sklearn", {"dataset": "digits",
                                          "split": {"kind": "few-shot", "ways": 3}})
     with pytest.raises(InvalidInputError, match=r"^learn_weights: 'per-example' needs one "
