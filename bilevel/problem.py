@@ -91,8 +91,9 @@ class BilevelProblem(abc.ABC):
         return None
 
     def report(self, h: dict, solver) -> dict[str, float] | None:
-        """The problem's own numbers at h, solved with `solver` (`compare` reads its
-        "test_loss" and "test_accuracy" where `test_tasks` gives none); None (default)."""
+        """The problem's own numbers at h, solved with `solver`: `bilevel run` adds them to
+        its test numbers, and `compare` reads "test_loss" and "test_accuracy" from them where
+        `test_tasks` gives none; None (default)."""
         return None
 
     def meta_gradient(self, h: dict, tasks) -> dict | None:

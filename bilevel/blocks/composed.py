@@ -3,7 +3,8 @@
 For one task {"x", "y", "xq", "yq"} (`bilevel.blocks.sources`) and a model f whose
 layers are split into adapted ones (phi) and shared ones (h["decoder"], eq. 15):
 
-    train_loss(phi, h) = loss(f_{phi, decoder}(x), y)
+    train_loss(phi, h) = loss(f_{phi, decoder}(x), y), or with per-example weights
+                       = 1/n sum_i sigmoid(w_i) loss(f_{phi, decoder}(x_i), y_i)
     val_loss(phi, h)   = val_loss(f_{phi, decoder}(xq), yq)
     g(phi, h)          = train_loss + sum_j lam_j r_j(phi, h)     (regularizer: proximal,
                                                                    l2 or none)
@@ -17,7 +18,10 @@ h holds:
                per-tensor      one per tensor of phi
                per-coordinate  one per coordinate of phi
                per-feature     one per input feature (row) of each weight matrix, shared by
-                               its outputs, and one per bias vector.
+                               its outputs, and one per bias vector;
+    example_logit  w (n,), one logit per training example, when `learn_weights` is
+             "per-example" (data hyper-cleaning, `bilevel.blocks.weighting`; sources whose
+             tasks share one training set of n rows: holdout splits).
 """
 
 import math
@@ -25,6 +29,7 @@ import math
 import torch
 
 from bilevel import checks
+from bilevel.blocks import weighting
 from bilevel.blocks.losses import accuracy, losses
 from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
@@ -34,11 +39,12 @@ LAM_SHAPES = ("fixed", "scalar", "per-tensor", "per-coordinate", "per-feature")
 
 class ComposedProblem(BilevelProblem):
     """`source` and `model` are built blocks (`sources`, `models` entries); `loss` and
-    `val_loss` loss names; `lam`: its initial value and how it is learned (`LAM_SHAPES`)."""
+    `val_loss` loss names; `lam`: its initial value and how it is learned (`LAM_SHAPES`);
+    `learn_weights`: "none" or "per-example" (`weighting.WEIGHT_SHAPES`)."""
 
     def __init__(self, source, model, *, loss="mse", val_loss=None, regularizer="proximal",
-                 lam=1.0, learn_lam="scalar", theta="learned", shared_layers=(), seed=0,
-                 dtype=torch.float32, device="cpu"):
+                 lam=1.0, learn_lam="scalar", theta="learned", shared_layers=(),
+                 learn_weights="none", seed=0, dtype=torch.float32, device="cpu"):
         self.dtype, self.device = dtype, torch.device(device)
         self.tasks = source.load(dtype, self.device)
         self.model = model
@@ -60,6 +66,12 @@ class ComposedProblem(BilevelProblem):
         if self.regularization == "none" and self.learn_lam != "fixed":
             raise InvalidInputError("learn_lam: regularizer 'none' has no lam to learn; set "
                                     "learn_lam: fixed")
+        self.learn_weights = checks.one_of("learn_weights", learn_weights,
+                                           weighting.WEIGHT_SHAPES)
+        if self.learn_weights != "none" and self.tasks.train_rows is None:
+            raise InvalidInputError("learn_weights: 'per-example' needs one training set of "
+                                    "fixed size that every task shares (a holdout split), but "
+                                    "this source's tasks each draw their own (e.g. few-shot)")
         layers = model.layers(self.tasks.inputs, self.tasks.outputs)
         shared = []
         for index in shared_layers:
@@ -79,7 +91,8 @@ class ComposedProblem(BilevelProblem):
 
     def init_hyper(self, generator=None) -> dict:
         """theta / decoder from the model's initialisation (drawn with `generator` when given),
-        log_lam = log(lam) in the shape that `learn_lam` says."""
+        log_lam = log(lam) in the shape that `learn_lam` says, example_logit = 0 (every
+        example weighted 1/2)."""
         params = self.start if generator is None else self.model.init(
             self.tasks.inputs, self.tasks.outputs, generator, self.dtype, self.device)
         adapted = {k: v for k, v in params.items() if k not in self.shared}
@@ -90,6 +103,9 @@ class ComposedProblem(BilevelProblem):
             h["decoder"] = {k: params[k] for k in self.shared}
         if self.learn_lam != "fixed":
             h["log_lam"] = self._log_lam(adapted)
+        if self.learn_weights != "none":
+            h[weighting.KEY] = torch.zeros(self.tasks.train_rows, dtype=self.dtype,
+                                           device=self.device)
         return h
 
     def _log_lam(self, adapted: dict):
@@ -128,7 +144,10 @@ class ComposedProblem(BilevelProblem):
         return self.model(phi | h.get("decoder", {}), x)
 
     def train_loss(self, phi, h, task):
-        return self.loss(self.predict(phi, h, task["x"]), task["y"])
+        prediction = self.predict(phi, h, task["x"])
+        if self.learn_weights == "none":
+            return self.loss(prediction, task["y"])
+        return weighting.weighted_loss(self.loss, prediction, task["y"], h[weighting.KEY])
 
     def val_loss(self, phi, h, task):
         return self.val_loss_fn(self.predict(phi, h, task["xq"]), task["yq"])
@@ -144,3 +163,14 @@ class ComposedProblem(BilevelProblem):
     def test_tasks(self):
         """The source's test tasks (`bilevel.blocks.sources.Tasks.test`), or None."""
         return self.tasks.test
+
+    def report(self, h: dict, solver) -> dict[str, float] | None:
+        """The cleaning metrics (`cleaning_metrics`), where there are some."""
+        return self.cleaning_metrics(h) or None
+
+    def cleaning_metrics(self, h) -> dict:
+        """With per-example weights on a split with corrupted labels, how well the weights
+        below 0.1 pick out the corrupted examples (`weighting.detection`); else {}."""
+        if self.learn_weights == "none" or self.tasks.corrupted is None:
+            return {}
+        return weighting.detection(h[weighting.KEY], self.tasks.corrupted)

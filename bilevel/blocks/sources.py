@@ -10,9 +10,12 @@ device)` returns `Tasks`, which samples batches of tasks
 bundled datasets, the user's .csv or .npz file) read a table of features and targets and
 split it, as their `split` option says:
 
-    {kind: holdout, train: 0.5, val: 0.25, seed: 0, standardize: true}
-        one task: train rows for the inner problem, val rows for the outer one, the rest a
-        test set that no task sees (counts, or fractions of the rows);
+    {kind: holdout, train: 0.5, val: 0.25, test: null, seed: 0, standardize: true,
+     corruption: 0}
+        one task: train rows for the inner problem, val rows for the outer one, test rows
+        (default: the rest) a test set that no task sees (counts, or fractions of the rows);
+        a fraction `corruption` of the training labels replaced by another class, at random
+        (`bilevel.blocks.corruption`; classification only);
     {kind: few-shot, ways: 5, shots: 1, queries: 15, classes: [0, 1, ...]}
         N-way K-shot classification tasks over `classes` (default all), labels permuted.
 
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from bilevel import checks
+from bilevel.blocks.corruption import corrupt_labels
 from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
 
@@ -45,6 +49,9 @@ class Tasks:
     (classification) or target dimension (regression); sample(n, generator) -> a batch;
     test: a batch of test tasks, or None: for holdout splits one task whose query set is
     the test rows; for few-shot splits with test_classes, tasks over those classes.
+    train_rows: the size of the one training set that every task shares (holdout splits),
+    None where tasks differ (few-shot); corrupted: (train_rows,) bool, the training rows
+    whose labels a holdout split corrupted, or None.
     """
 
     kind: str
@@ -52,6 +59,8 @@ class Tasks:
     outputs: int
     sample: object
     test: dict | None = None
+    train_rows: int | None = None
+    corrupted: torch.Tensor | None = None
 
 
 def _check_kind(kind: str, y: np.ndarray, where: str) -> str:
@@ -122,27 +131,39 @@ def random_split(n_examples: int, sizes, generator) -> list[torch.Tensor]:
 
 @dataclasses.dataclass(frozen=True)
 class Holdout:
-    """One task: `train` rows (count or fraction) to fit, `val` rows to judge, the rest test."""
+    """One task: `train` rows (count or fraction) to fit, `val` rows to judge, `test` rows
+    (default: the rest) to report on; a fraction `corruption` of the training labels
+    corrupted (drawn with `seed`, after the split)."""
 
     train: float | int = 0.5
     val: float | int = 0.25
+    test: float | int | None = None
     seed: int = 0
     standardize: bool = True
+    corruption: float = 0.0
 
     def tasks(self, x, y, kind, outputs) -> Tasks:
         rows = len(y)
         n_train = _count("split train", self.train, rows)
         n_val = _count("split val", self.val, rows)
-        if n_train + n_val > rows:
-            raise InvalidInputError(f"split: train + val = {n_train + n_val} rows, but the "
-                                    f"table has only {rows}")
+        rest = max(rows - n_train - n_val, 0)
+        n_test = rest if self.test is None else _count("split test", self.test, rows)
+        if n_train + n_val + n_test > rows:
+            raise InvalidInputError(f"split: train + val + test = {n_train + n_val + n_test} "
+                                    f"rows, but the table has only {rows}")
         generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
-        sizes = (n_train, n_val, rows - n_train - n_val)
+        sizes = (n_train, n_val, n_test)
         train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
         parts = (x[train], x[val], x[test])
         if self.standardize:
             parts = standardize(*parts)
-        task = {"x": parts[0], "y": y[train], "xq": parts[1], "yq": y[val]}
+        y_train, corrupted = y[train], None
+        if self.corruption != 0:
+            if kind != "classification":
+                raise InvalidInputError(f"split: corruption replaces class labels, but the "
+                                        f"targets are {kind} ones; set corruption: 0")
+            y_train, corrupted = corrupt_labels(y_train, self.corruption, outputs, generator)
+        task = {"x": parts[0], "y": y_train, "xq": parts[1], "yq": y[val]}
 
         def sample(n, generator=None):
             checks.integer("n", n, minimum=1)
@@ -150,9 +171,9 @@ class Holdout:
 
         test_task = None
         if len(test):
-            test_task = {"x": parts[0][None], "y": y[train][None], "xq": parts[2][None],
+            test_task = {"x": parts[0][None], "y": y_train[None], "xq": parts[2][None],
                          "yq": y[test][None]}
-        return Tasks(kind, x.shape[1], outputs, sample, test_task)
+        return Tasks(kind, x.shape[1], outputs, sample, test_task, n_train, corrupted)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ from bilevel.blocks import models as model_blocks
 from bilevel.blocks import sources
 from bilevel.blocks.composed import LAM_SHAPES
 from bilevel.blocks.losses import losses
+from bilevel.blocks.weighting import WEIGHT_SHAPES
 from bilevel.config.search import Search
 from bilevel.config.strict import Strict
 from bilevel.devices import DTYPES
@@ -195,6 +196,10 @@ def _composed_model():
                   "(meta-learning); fixed: the model's initialisation (hyperparameter tuning)"),
         shared_layers=key(list[int], [], "layer indices shared by every task, learned as "
                                          "h['decoder'] and not adapted (eq. 15)"),
+        learn_weights=key(Literal[WEIGHT_SHAPES], "none",
+                          "per-example: one learned weight sigmoid(h['example_logit'][i]) per "
+                          "training example in the training loss (data hyper-cleaning; needs "
+                          "a holdout split)"),
         seed=(int, Field(0, ge=0, description="seed of the model's initialisation")),
     )
 
