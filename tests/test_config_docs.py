@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = [
     {"errors", "checks", "registry", "tree", "devices", "info", "compiled"},
-    {"problem", "problem_checks", "solvers", "regularizers", "inner", "blocks"},
+    {"problem", "problem_checks", "problem_view", "solvers", "regularizers", "inner", "blocks"},
     {"estimators", "hypergradient", "gradcheck"},
     {"training", "testing"},
     {"config"},
