@@ -1,11 +1,13 @@
 """`hypergradient`: one entry point for every estimator."""
 
 import dataclasses
+import functools
 
 import torch
 from torch.utils._pytree import keystr, tree_leaves, tree_leaves_with_path, tree_map
 
-from bilevel import checks, compiled
+from bilevel import checks
+from bilevel.compiled import Compilation
 from bilevel.errors import InvalidInputError, NonFiniteTasksError
 from bilevel.estimators import estimators
 from bilevel.problem import BilevelProblem
@@ -24,7 +26,8 @@ ON_NON_FINITE = ("raise", "drop", "keep")
 
 
 def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
-                  on_non_finite: str = "raise", compile: bool | str = False, **options):
+                  on_non_finite: str = "raise", compile: bool | str | Compilation = False,
+                  **options):
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 
     problem: a `BilevelProblem`.
@@ -43,7 +46,8 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     compile: True runs the estimator's batched per-task work compiled by `torch.compile`
         (`bilevel.compiled`: compiled at the first call for the problem, solver, estimator,
         shapes, dtype and device, reused after), falling back to eager with a warning for
-        what cannot be compiled; "strict" raises `bilevel.compiled.CompileError` instead.
+        what cannot be compiled; "strict" raises `bilevel.compiled.CompileError` instead; a
+        `bilevel.compiled.Compilation` also chooses the backend and CUDA graphs.
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info is a
     `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
@@ -62,7 +66,7 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string, got {method!r}")
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
-    compiled.check_mode(compile)
+    compilation = Compilation.of(compile)
     estimator = estimators.build(method, options, argument=f"hypergradient(method={method!r})")
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
@@ -71,12 +75,12 @@ def hypergradient(problem, h, tasks, *, solver, method: str = "fo-bmaml",
     warn_if_unregularized(problem, method, getattr(estimator, "assumes_converged_inner", False))
     reason = getattr(estimator, "not_compiled", None)
     if reason is not None:
-        compile = compiled.eager_instead(compile, f"method {method!r}", reason)
-    with compiled.compiling(compile):
-        grad, info = estimator(problem, h, tasks, solver)
-        if _all_finite(grad, info):
-            return grad, info
-        return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
+        compilation = compilation.eager_instead(f"method {method!r}", reason)
+    estimate = functools.partial(estimator, compilation=compilation)
+    grad, info = estimate(problem, h, tasks, solver)
+    if _all_finite(grad, info):
+        return grad, info
+    return _non_finite(estimate, (problem, h, tasks, solver), grad, info, on_non_finite)
 
 
 def _all_finite(grad, info) -> bool:

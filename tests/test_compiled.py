@@ -5,6 +5,7 @@ Compile time is what these tests spend: most trace with the "aot_eager" backend 
 and AOT autograd, where a fallback is decided, without generating C++); the tests marked
 `inductor` generate code as users get it. benchmarks/compiled.py measures the speed."""
 
+import dataclasses
 import os
 import warnings
 
@@ -14,7 +15,7 @@ from torch._dynamo.utils import counters
 
 import bilevel
 from bilevel import compiled
-from bilevel.compiled import CompileError
+from bilevel.compiled import Compilation, CompileError
 from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
 from tests.conftest import seeded
@@ -25,8 +26,21 @@ METHODS = ["fomaml", "maml", "reptile", "imaml", "fo-bmaml", "fo-bmaml-jvp"]
 
 @pytest.fixture(autouse=True)
 def backend(request, monkeypatch):
+    """compile=True / "strict" trace with "aot_eager", but in the tests marked inductor."""
     if "inductor" not in request.keywords:
-        monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+        aot_eager(monkeypatch)
+
+
+def aot_eager(monkeypatch):
+    """Compilation.of(True or "strict") with the "aot_eager" backend, while the test runs."""
+    of = Compilation.of.__func__
+
+    def with_aot_eager(cls, value, argument="compile"):
+        if isinstance(value, Compilation):
+            return value
+        return dataclasses.replace(of(cls, value, argument), backend="aot_eager")
+
+    monkeypatch.setattr(Compilation, "of", classmethod(with_aot_eager))
 
 
 def quadratic(dtype=torch.float64):
@@ -168,8 +182,8 @@ def test_the_device_that_decides_on_cuda_graphs_is_the_first_tensor_argument(mon
     first, second = torch.zeros(2), torch.ones(3)
     assert compiled._first_tensor((3, {"a": (), "b": [None, first]}, second)) is first
     assert compiled._first_tensor(((), {}, "x")) is None
-    monkeypatch.setattr(compiled, "BACKEND", "inductor")
-    assert not compiled._replays_cuda_graphs((first,))  # a CPU tensor
+    function = compiled._Compiled(None, "f", Compilation(True, backend="inductor"))
+    assert not function._replays_cuda_graphs((first,))  # a CPU tensor
 
 
 @needs_cuda

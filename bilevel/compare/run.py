@@ -17,6 +17,7 @@ from bilevel.compare.report import rows, write
 from bilevel.compare.space import fixed_values, leaves_under, merge, parameter_names, split
 from bilevel.compare.study import budget_of, run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
+from bilevel.compiled import Compilation
 from bilevel.config import yamlfile
 from bilevel.config.build import build
 from bilevel.config.runs import CONFIG_FILE, differences, run_directory, test_metrics
@@ -51,7 +52,7 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
     if only in ("both", "bilevel"):
         curves["bilevel"], h = run_bilevel(built, config.resolved, directory / "bilevel",
                                            unit, budget)
-        tests["bilevel"] = test_numbers(built, h)
+        tests["bilevel"] = test_numbers(built, h, compile=config.resolved["compile"])
     if only in ("both", "optuna"):
         study = run_optuna(config, built, search, directory, worker=worker,
                            url=storage or search["storage"])
@@ -94,10 +95,11 @@ def _check_space(config, built, search: dict) -> None:
                                    ("search", "config", key)) from None
 
 
-def test_numbers(built, h: dict) -> dict | None:
+def test_numbers(built, h: dict, *, compile: bool | str | Compilation = False) -> dict | None:
     """Test loss and accuracy at h, where the problem has a test set: a composed holdout
-    problem's `test_tasks`, or a problem's own `report(h, solver)`."""
-    numbers = test_metrics(built, h)
+    problem's `test_tasks` (solved compiled as `compile` says), or a problem's own
+    `report(h, solver)`."""
+    numbers = test_metrics(built, h, compile=compile)
     if numbers is None and hasattr(built.problem, "report"):
         numbers = built.problem.report(h, built.solver)
     if numbers is None:
@@ -125,4 +127,4 @@ def _best_trial_test(config, built, search, study, directory: Path) -> dict | No
             return None
         device = tree_leaves(h0)[0].device  # the checkpoint holds CPU tensors
         learned = tree_map(lambda leaf: leaf.to(device), checkpoint.load(saved)["h"])
-    return test_numbers(built, merge(learned, fixed))
+    return test_numbers(built, merge(learned, fixed), compile=config.resolved["compile"])

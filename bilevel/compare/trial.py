@@ -95,7 +95,7 @@ class Trial:
     def validate(self, resolved: dict, built, h: dict, spent: list) -> float:
         _, n = evaluation(resolved)
         sums = held_out(built.problem, h, held_out_tasks(built.problem, n, resolved["seed"]),
-                        built.solver)
+                        built.solver, compile=resolved["compile"])
         spent[0] += solve_cost(built.solver, n)
         return sums["val_loss"].item() / n
 

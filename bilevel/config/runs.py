@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils._pytree import keystr, tree_leaves_with_path
 
+from bilevel.compiled import Compilation
 from bilevel.config import yamlfile
 from bilevel.config.build import build
 from bilevel.config.load import Config
@@ -54,7 +55,7 @@ def run(config: Config, *, out=None, resume: bool = False):
         progress=resolved["progress"], divergence_factor=resolved["divergence_factor"],
         compile=resolved["compile"], threads=resolved["threads"],
         warm_start=resolved["warm_start"], hyper_penalty=resolved["hyper_penalty"])
-    test = test_metrics(built, result.h)
+    test = test_metrics(built, result.h, compile=resolved["compile"])
     if test is not None:
         write_atomically(directory / "test.json", json.dumps(test, indent=2) + "\n")
         result.summary["test"] = test
@@ -101,13 +102,14 @@ def differences(recorded, current, path="") -> list[str]:
     return []
 
 
-def test_metrics(built, h) -> dict | None:
-    """The problem's metrics on its held-out test set at h (problems with `test_tasks`)."""
+def test_metrics(built, h, *, compile: bool | str | Compilation = False) -> dict | None:
+    """The problem's metrics on its held-out test set at h (problems with `test_tasks`), the
+    solves compiled as `compile` says (`hypergradient`'s values)."""
     tasks = getattr(built.problem, "test_tasks", lambda: None)()
     if tasks is None:
         return None
     metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
-                                 built.solver)
+                                 built.solver, compilation=Compilation.of(compile))
     return {f"test_{k.removeprefix('val_')}": v.mean().item() for k, v in metrics.items()}
 
 

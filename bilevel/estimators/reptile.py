@@ -17,6 +17,7 @@ import numbers
 
 from torch.func import grad_and_value
 
+from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import average_at_solutions, estimators, solve_info
 from bilevel.estimators.fomaml import check_theta_shaped_like_phi
@@ -30,7 +31,7 @@ from bilevel.tree import tree_map
 class Reptile:
     """(theta - phi_K) / (K * lr) for theta (eq. 4)."""
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
         lr = getattr(solver, "lr", None)
         if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
@@ -46,6 +47,7 @@ class Reptile:
             step = tree_map(lambda t, p: scale * (t - p), h["theta"], phi)
             return f_h | {"theta": step}, {LOSS_KEY: val_loss}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                             compilation)
         k = solver.steps
         return grads, solve_info("reptile", stats, Cost.solve(k))

@@ -158,10 +158,10 @@ class _Run:
                 "resume and checkpoint_every need a run directory: pass out=DIR")
         self.checkpoint_every, self.resume = checkpoint_every, resume
         self.divergence_factor = checks.positive("divergence_factor", divergence_factor)
-        self.compile = compiled.check_mode(compile)
+        self.compile = compiled.Compilation.of(compile)
         self.warm_start = warm_starts.WarmStart.parse(warm_start)
         self.warm = (None if self.warm_start is None
-                     else warm_starts.WarmStarts(self.warm_start, problem))
+                     else warm_starts.WarmStarts(self.warm_start, problem, compile=self.compile))
         self.hyper_penalty = HyperPenalty.parse(hyper_penalty)
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
@@ -257,7 +257,7 @@ class _Run:
             "steps": self.steps, "tasks_per_step": self.tasks_per_step,
             "eval_every": self.eval_every, "eval_tasks": self.eval_tasks, "seed": self.seed,
             "checkpoint_every": self.checkpoint_every, "world_size": self.processes.world_size,
-            "divergence_factor": self.divergence_factor, "compile": self.compile,
+            "divergence_factor": self.divergence_factor, "compile": self.compile.mode,
             "device": str(self.device), "dtype": str(dtype).removeprefix("torch."),
             "torch": torch.__version__,
         }
@@ -317,10 +317,9 @@ class _Run:
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
             if self.eval_every and (t % self.eval_every == 0 or t == self.steps):
-                with compiled.compiling(self.compile):
-                    means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
-                                                    self.solver, self.eval_tasks,
-                                                    self.processes)
+                means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
+                                                self.solver, self.eval_tasks, self.processes,
+                                                compile=self.compile)
                 self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
                 self.held_out_evals_total += cost.inner_grad_evals
                 record |= means | {"held_out_inner_grad_evals": cost.inner_grad_evals}
