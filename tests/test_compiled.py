@@ -5,7 +5,6 @@ Compile time is what these tests spend: most trace with the "aot_eager" backend 
 and AOT autograd, where a fallback is decided, without generating C++); the tests marked
 `inductor` generate code as users get it. benchmarks/compiled.py measures the speed."""
 
-import dataclasses
 import os
 import warnings
 
@@ -18,7 +17,7 @@ from bilevel import compiled
 from bilevel.compiled import Compilation, CompileError
 from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
-from tests.conftest import seeded
+from tests.conftest import aot_eager, seeded
 from tests.toy_problems import TinyMLPRegression
 
 METHODS = ["fomaml", "maml", "reptile", "imaml", "fo-bmaml", "fo-bmaml-jvp"]
@@ -29,18 +28,6 @@ def backend(request, monkeypatch):
     """compile=True / "strict" trace with "aot_eager", but in the tests marked inductor."""
     if "inductor" not in request.keywords:
         aot_eager(monkeypatch)
-
-
-def aot_eager(monkeypatch):
-    """Compilation.of(True or "strict") with the "aot_eager" backend, while the test runs."""
-    of = Compilation.of.__func__
-
-    def with_aot_eager(cls, value, argument="compile"):
-        if isinstance(value, Compilation):
-            return value
-        return dataclasses.replace(of(cls, value, argument), backend="aot_eager")
-
-    monkeypatch.setattr(Compilation, "of", classmethod(with_aot_eager))
 
 
 def quadratic(dtype=torch.float64):

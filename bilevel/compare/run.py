@@ -97,11 +97,11 @@ def _check_space(config, built, search: dict) -> None:
 
 def test_numbers(built, h: dict, *, compile: bool | str | Compilation = False) -> dict | None:
     """Test loss and accuracy at h, where the problem has a test set: a composed holdout
-    problem's `test_tasks` (solved compiled as `compile` says), or a problem's own
-    `report(h, solver)`."""
+    problem's `test_tasks`, or a problem's own `report(h, solver, compile=...)`; solved
+    compiled as `compile` says."""
     numbers = test_metrics(built, h, compile=compile)
     if numbers is None and hasattr(built.problem, "report"):
-        numbers = built.problem.report(h, built.solver)
+        numbers = built.problem.report(h, built.solver, compile=compile)
     if numbers is None:
         return None
     return {k: numbers[k] for k in ("test_loss", "test_accuracy") if k in numbers}
