@@ -8,8 +8,8 @@ float64 for the rows marked so). Then the per-step cost of fo-bmaml-jvp and imam
 fomaml, eager and compiled. Prints JSON.
 
 With --device cuda: the same workload on the GPU, compiled with and without CUDA graphs
-(`bilevel.compiled.CUDA_GRAPHS`) against eager, each call synchronised, at 10 inner steps
-and (fewer repeats, eager once) at 100 and 1000; with the peak GPU memory of one call
+(`bilevel.compiled.Compilation(cuda_graphs=...)`) against eager, each call synchronised, at
+10 inner steps and (fewer repeats, eager once) at 100 and 1000; with the peak GPU memory of one call
 above what was allocated before it (`torch.cuda.max_memory_allocated`). Rows start until
 --deadline seconds have passed; each row also goes to stderr as it is measured.
 
@@ -75,7 +75,7 @@ def measure(name, form, method, options, solver, dtype, repeats, device="cpu") -
     import torch
 
     import bilevel
-    from bilevel import compiled
+    from bilevel.compiled import Compilation
     from bilevel.tree import relative_error
     from problems.sinusoid import Sinusoid
 
@@ -83,15 +83,14 @@ def measure(name, form, method, options, solver, dtype, repeats, device="cpu") -
     problem = Sinusoid(form=form, lam=10.0, dtype=getattr(torch, dtype), device=device)
     h, tasks = problem.init_hyper(generator), problem.sample_tasks(25, generator)
     # Variants: eager, compiled, and on CUDA compiled with CUDA graphs.
-    variants = {"eager": (False, False), "compiled": (True, False)}
+    variants = {"eager": False, "compiled": Compilation(True, cuda_graphs=False)}
     if device == "cuda":
-        variants["graphs"] = (True, True)
+        variants["graphs"] = Compilation(True, cuda_graphs=True)
 
     def call(variant):
-        compile, compiled.CUDA_GRAPHS = variants[variant]
         start = time.perf_counter()
         result = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
-                                       compile=compile, **options)[0]
+                                       compile=variants[variant], **options)[0]
         if device == "cuda":
             torch.cuda.synchronize()
         return result, time.perf_counter() - start
@@ -137,7 +136,6 @@ def measure(name, form, method, options, solver, dtype, repeats, device="cpu") -
             before = torch.cuda.memory_allocated()
             call(variant)
             row[f"{variant}_peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-    compiled.CUDA_GRAPHS = True
     return row
 
 

@@ -52,7 +52,7 @@ def main(argv=None):
     from torch.func import vmap
 
     import bilevel
-    from bilevel import compiled
+    from bilevel.compiled import Compilation
     from bilevel.estimators import estimators
     from problems.sinusoid import Sinusoid
 
@@ -68,8 +68,7 @@ def main(argv=None):
                                      compile=True)
 
     def estimator_alone():
-        with compiled.compiling(True):
-            return estimator(problem, h, tasks, solver)
+        return estimator(problem, h, tasks, solver, compilation=Compilation(True))
 
     inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
     state = vmap(solver.start)(inits)

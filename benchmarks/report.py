@@ -144,7 +144,7 @@ def cuda_compiled_section(data) -> list[str]:
              f"`benchmarks/compiled.py --device cuda` on an {data['gpu']} (torch "
              f"{data['torch']}), the same sinusoid workload, every call synchronised, median of "
              f"{data['repeats']} calls of each variant, interleaved (100 and 1000 steps: eager "
-             "once). *compiled*: `compile=True` with `bilevel.compiled.CUDA_GRAPHS = False`; "
+             "once). *compiled*: `compile=Compilation(True, cuda_graphs=False)`; "
              "*graphs*: `compile=True` as it runs on CUDA, replaying CUDA graphs. Compile: the "
              "first call's extra time with a fresh TorchInductor cache (graphs compiled second, "
              "reusing part of what the compiled variant generated: a user's first run pays about "

@@ -1,28 +1,32 @@
 """The compiled path: the estimators' batched functions through `torch.compile`, opt-in.
 
-`hypergradient(..., compile=True)`, `meta_train(compile=True)` and the run config's
-`compile: true` run the estimator inside `compiling(mode)`. There `batch(fn, in_dims)`,
-which the estimators call for their per-task work (`torch.func.vmap` when not compiling),
-returns `vmap(fn, in_dims)` compiled by TorchInductor, once per function and its captured
-values (problem, solver, estimator options): a new batch of the same shapes, dtype and
-device reuses it. A stepwise solver (`InnerSolver.step`) compiles as one batched step run
-K times (`bilevel.inner.solve_batch`), so the compile time does not grow with the number
-of inner steps; a solve that only `run` defines, and MAML's reverse pass through the
-solve, compile unrolled.
+Compilation is a value, `Compilation(mode, cuda_graphs, backend)`, passed down explicitly
+to everything that batches per-task work: `hypergradient(..., compile=True)` builds one
+(`Compilation.of`) and hands it to the estimator, which hands it to `batch`,
+`bilevel.inner.solve_batch`, `at_inner_solutions` or `average_over_tasks`. Nothing
+process-wide decides it: `EAGER` (mode False) runs `torch.func.vmap` and nothing else.
+
+`batch(fn, in_dims, compilation)` returns `vmap(fn, in_dims)`, compiled by `torch.compile`
+when `compilation.mode` is True or "strict": once per function and its captured values
+(problem, solver, estimator options), its in_dims and the compilation's backend and
+CUDA-graph setting (a bounded memo); a new batch of the same shapes, dtype and device
+reuses it. A stepwise solver (`InnerSolver.step`) compiles as one batched step run K times
+(`bilevel.inner.solve_batch`), so the compile time does not grow with the number of inner
+steps; a solve that only `run` defines, and MAML's reverse pass through the solve, compile
+unrolled.
 
 On CUDA, compiled functions also replay CUDA graphs (TorchInductor's "reduce-overhead"
 mode: one launch for all of a function's kernels, where a small problem's step is bound by
 launches); each call begins a new step of torch's CUDA graph trees and clones what the graph
-returns, so that a later replay cannot overwrite a result still in use. `CUDA_GRAPHS =
-False` turns the graphs off.
+returns, so that a later replay cannot overwrite a result still in use.
+`Compilation(True, cuda_graphs=False)` turns the graphs off.
 
 Where `torch.compile` cannot trace a function (a Python branch on a tensor in a user's
-loss, an operator it does not support), `compile=True` runs that function eagerly after
-one warning naming the reason; `compile="strict"` raises `CompileError` instead.
+loss, an operator it does not support), mode True runs that function eagerly after one
+warning naming the reason; mode "strict" raises `CompileError` instead.
 """
 
-import contextlib
-import contextvars
+import dataclasses
 import functools
 import warnings
 from collections import OrderedDict
@@ -34,92 +38,123 @@ from torch.utils._pytree import tree_iter, tree_map
 from bilevel.errors import BilevelError, InvalidInputError
 
 MODES = (False, True, "strict")
-BACKEND = "inductor"  # torch.compile's backend ("aot_eager" traces without generating code)
 CACHE_SIZE = 64  # compiled functions kept (least recently used dropped)
-CUDA_GRAPHS = True  # with the inductor backend, CUDA inputs replay CUDA graphs
 
-_mode = contextvars.ContextVar("bilevel_compile", default=False)
-_cache: OrderedDict = OrderedDict()
+_cache: OrderedDict = OrderedDict()  # a memo: what is compiled is the caller's Compilation
 
 
 class CompileError(BilevelError):
     """`compile="strict"` and torch.compile could not compile a function of the estimator."""
 
 
-def check_mode(compile) -> bool | str:
-    if not any(compile is mode or compile == mode and isinstance(compile, str)
-               for mode in MODES):
-        raise InvalidInputError(f"compile must be False, True or 'strict', got {compile!r}")
-    return compile
+def _is_mode(value) -> bool:
+    return any(value is mode or value == mode and isinstance(value, str) for mode in MODES)
 
 
-@contextlib.contextmanager
-def compiling(mode: bool | str):
-    """Inside: `batch` compiles (mode True or "strict"), or not (False)."""
-    token = _mode.set(check_mode(mode))
-    try:
-        yield
-    finally:
-        _mode.reset(token)
+@dataclasses.dataclass(frozen=True)
+class Compilation:
+    """How per-task work runs: eagerly (mode False), compiled by `torch.compile` with an
+    eager fallback after a warning for what cannot be compiled (True), or compiled with
+    `CompileError` instead of a fallback ("strict").
+
+    cuda_graphs: with the inductor backend, compiled functions of CUDA inputs replay CUDA
+        graphs. backend: torch.compile's backend ("aot_eager" traces without generating
+        code: for tests)."""
+
+    mode: bool | str = False
+    cuda_graphs: bool = True
+    backend: str = "inductor"
+
+    def __post_init__(self):
+        if not _is_mode(self.mode):
+            raise InvalidInputError(
+                f"Compilation.mode must be False, True or 'strict', got {self.mode!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise InvalidInputError(
+                f"Compilation.cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise InvalidInputError(
+                f"Compilation.backend must be a torch.compile backend's name, got "
+                f"{self.backend!r}")
+
+    @classmethod
+    def of(cls, value, argument: str = "compile") -> "Compilation":
+        """`value` if a Compilation, else Compilation(mode=value) for False, True or
+        "strict"; anything else is an InvalidInputError naming `argument`."""
+        if isinstance(value, Compilation):
+            return value
+        if not _is_mode(value):
+            raise InvalidInputError(f"{argument} must be False, True or 'strict' (or a "
+                                    f"bilevel.compiled.Compilation), got {value!r}")
+        return cls(mode=value)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.mode)
+
+    @property
+    def strict(self) -> bool:
+        return self.mode == "strict"
+
+    def eager_instead(self, what: str, reason: str) -> "Compilation":
+        """This compilation for something known not to compile: eager after a warning when
+        compiling was asked for, CompileError when strictly."""
+        if not self.active:
+            return self
+        if self.strict:
+            raise CompileError(f"{what} cannot be compiled: {reason}; pass compile=True to run "
+                               "it eagerly")
+        warnings.warn(f"bilevel: {what} runs eagerly: {reason}", RuntimeWarning, stacklevel=3)
+        return dataclasses.replace(self, mode=False)
 
 
-def active() -> bool:
-    return bool(_mode.get())
+EAGER = Compilation()
 
 
-def eager_instead(mode: bool | str, what: str, reason: str) -> bool | str:
-    """The compile mode for something known not to compile: False (run eagerly) after a
-    warning when compiling was asked for, CompileError when strictly."""
-    if not mode:
-        return mode
-    if mode == "strict":
-        raise CompileError(f"{what} cannot be compiled: {reason}; pass compile=True to run "
-                           "it eagerly")
-    warnings.warn(f"bilevel: {what} runs eagerly: {reason}", RuntimeWarning, stacklevel=3)
-    return False
-
-
-def batch(fn, in_dims=0):
-    """vmap(fn, in_dims), compiled inside `compiling(True)`: cached by `fn`'s code and the
-    values it captures (which must be hashable: pass tensors as arguments)."""
+def batch(fn, in_dims, compilation: Compilation):
+    """vmap(fn, in_dims), compiled as `compilation` says: memoised by `fn`'s code and the
+    values it captures (which must be hashable: pass tensors as arguments), in_dims, and the
+    compilation's backend and CUDA-graph setting."""
     batched = vmap(fn, in_dims=in_dims)
-    if not active():
+    if not compilation.active:
         return batched
-    key = (_function_key(fn), _hashable(in_dims))
+    key = (compilation.backend, compilation.cuda_graphs, _function_key(fn), _hashable(in_dims))
     if key not in _cache:
-        _cache[key] = _Compiled(batched, _name(fn))
+        _cache[key] = _Compiled(batched, _name(fn), compilation)
         if len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     _cache.move_to_end(key)
-    return _cache[key]
+    return functools.partial(_cache[key], compilation.strict)
 
 
 class _Compiled:
-    """A compiled function that turns eager, with one warning, if compiling fails."""
+    """A compiled function that turns eager, with one warning, if compiling fails; called
+    as (strict, *args)."""
 
-    def __init__(self, fn, name: str):
+    def __init__(self, fn, name: str, compilation: Compilation):
         self.eager, self.name, self.failure = fn, name, None
+        self.backend, self.cuda_graphs = compilation.backend, compilation.cuda_graphs
         self.by_graphs = {}  # compiled fn by whether it replays CUDA graphs, made when first needed
-        # Our cache decides what is compiled; dynamo's limit of recompilations per code
-        # object (8) would count every estimator's functions together (they share vmap's
-        # code) and silently run the rest eagerly.
-        dynamo_config = torch._dynamo.config
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, CACHE_SIZE)
 
-    def __call__(self, *args):
+    def __call__(self, strict: bool, *args):
         if self.failure is None:
             try:
-                if _replays_cuda_graphs(args):
-                    torch.compiler.cudagraph_mark_step_begin()
-                    return tree_map(torch.Tensor.clone, self._compiled(graphs=True)(*args))
-                return self._compiled(graphs=False)(*args)
+                # Our memo decides what is compiled; dynamo's limit of recompilations per code
+                # object (8) would count every estimator's functions together (they share
+                # vmap's code) and silently run the rest eagerly. Raised for this call only.
+                with torch._dynamo.config.patch(recompile_limit=max(
+                        torch._dynamo.config.recompile_limit, CACHE_SIZE)):
+                    if self._replays_cuda_graphs(args):
+                        torch.compiler.cudagraph_mark_step_begin()
+                        return tree_map(torch.Tensor.clone, self._compiled(graphs=True)(*args))
+                    return self._compiled(graphs=False)(*args)
             except torch._dynamo.exc.TorchDynamoException as error:
                 self.failure = _reason(error)
-                if _mode.get() != "strict":
+                if not strict:
                     warnings.warn(f"bilevel: torch.compile cannot compile {self.name} "
                                   f"({self.failure}); running it eagerly", RuntimeWarning,
                                   stacklevel=2)
-        if _mode.get() == "strict":  # now, or at an earlier call with compile=True
+        if strict:  # now, or at an earlier call with compile=True
             raise CompileError(
                 f"torch.compile cannot compile {self.name}: {self.failure}; fix it, or pass "
                 "compile=True to run what cannot be compiled eagerly")
@@ -129,15 +164,14 @@ class _Compiled:
         if graphs not in self.by_graphs:
             mode = {"mode": "reduce-overhead"} if graphs else {}
             self.by_graphs[graphs] = torch.compile(self.eager, fullgraph=True, dynamic=False,
-                                                   backend=BACKEND, **mode)
+                                                   backend=self.backend, **mode)
         return self.by_graphs[graphs]
 
-
-def _replays_cuda_graphs(args) -> bool:
-    if not CUDA_GRAPHS or BACKEND != "inductor":
-        return False
-    first = _first_tensor(args)
-    return first is not None and first.is_cuda
+    def _replays_cuda_graphs(self, args) -> bool:
+        if not self.cuda_graphs or self.backend != "inductor":
+            return False
+        first = _first_tensor(args)
+        return first is not None and first.is_cuda
 
 
 def _first_tensor(tree):

@@ -1,10 +1,12 @@
 """`hypergradient`: one entry point for every estimator."""
 
 import dataclasses
+import functools
 
 import torch
 
-from bilevel import checks, compiled
+from bilevel import checks
+from bilevel.compiled import Compilation
 from bilevel.errors import InvalidInputError, NonFiniteTasksError
 from bilevel.estimators import Estimator, as_estimator
 from bilevel.info import Info
@@ -25,7 +27,7 @@ ON_NON_FINITE = ("raise", "drop", "keep")
 
 def hypergradient(problem: BilevelProblem, h: dict, tasks, *, solver,
                   method: str | Estimator = "fo-bmaml", on_non_finite: str = "raise",
-                  compile: bool | str = False, **options) -> tuple[dict, Info]:
+                  compile: bool | str | Compilation = False, **options) -> tuple[dict, Info]:
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 
     problem: a `BilevelProblem`.
@@ -47,7 +49,8 @@ def hypergradient(problem: BilevelProblem, h: dict, tasks, *, solver,
     compile: True runs the estimator's batched per-task work compiled by `torch.compile`
         (`bilevel.compiled`: compiled at the first call for the problem, solver, estimator,
         shapes, dtype and device, reused after), falling back to eager with a warning for
-        what cannot be compiled; "strict" raises `bilevel.compiled.CompileError` instead.
+        what cannot be compiled; "strict" raises `bilevel.compiled.CompileError` instead; a
+        `bilevel.compiled.Compilation` also chooses the backend and CUDA graphs.
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info is a
     `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
@@ -65,20 +68,20 @@ def hypergradient(problem: BilevelProblem, h: dict, tasks, *, solver,
     check_values(h, tasks, finite=on_non_finite != "keep")
     estimator = as_estimator(method, options)
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
-    compiled.check_mode(compile)
+    compilation = Compilation.of(compile)
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
     h, tasks = detach(h), detach(tasks)
     check_problem_code(problem, h, tasks)
     warn_if_unregularized(problem, estimator.name, estimator.assumes_converged_inner)
     if estimator.not_compiled is not None:
-        compile = compiled.eager_instead(compile, f"method {estimator.name!r}",
-                                         estimator.not_compiled)
-    with compiled.compiling(compile):
-        grad, info = estimator(problem, h, tasks, solver)
-        if _all_finite(grad, info):
-            return grad, info
-        return _non_finite(estimator, (problem, h, tasks, solver), grad, info, on_non_finite)
+        compilation = compilation.eager_instead(f"method {estimator.name!r}",
+                                                estimator.not_compiled)
+    estimate = functools.partial(estimator, compilation=compilation)
+    grad, info = estimate(problem, h, tasks, solver)
+    if _all_finite(grad, info):
+        return grad, info
+    return _non_finite(estimate, (problem, h, tasks, solver), grad, info, on_non_finite)
 
 
 def _all_finite(grad, info) -> bool:

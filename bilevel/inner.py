@@ -6,6 +6,7 @@ import torch
 from torch.func import grad, vmap
 
 from bilevel import compiled
+from bilevel.compiled import EAGER, Compilation
 from bilevel.tree import tree_leaves, tree_map
 
 # Inner steps per compiled call. Each call of compiled code costs ~0.1 ms on CPU (dynamo
@@ -22,21 +23,23 @@ def solve_inner(problem, h, task, solver, init=None):
     return solver.run(grad(lambda phi: problem.inner_objective(phi, h, task)), init)
 
 
-def at_inner_solutions(metric, problem, h, tasks, solver, *, with_stats: bool = False):
+def at_inner_solutions(metric, problem, h, tasks, solver, *, with_stats: bool = False,
+                       compilation: Compilation = EAGER):
     """metric(phi*_i(h), h, task_i) for every task of the batch `tasks`, the inner problems
-    solved in one vmapped batch: one value (or dict of values) per task, stacked; with
-    `with_stats`, also the solver's stats of every task. Costs solver.steps inner gradient
-    evaluations per task."""
+    solved in one vmapped batch (compiled as `compilation` says): one value (or dict of
+    values) per task, stacked; with `with_stats`, also the solver's stats of every task.
+    Costs solver.steps inner gradient evaluations per task."""
     inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-    phi, stats = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
-    values = compiled.batch(metric, in_dims=(0, None, 0))(phi, h, tasks)
+    phi, stats = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0),
+                             compilation)
+    values = compiled.batch(metric, (0, None, 0), compilation)(phi, h, tasks)
     return (values, stats) if with_stats else values
 
 
-def solve_batch(solver, objective, inits, args, in_dims):
+def solve_batch(solver, objective, inits, args, in_dims, compilation: Compilation):
     """phi_K and the solver's stats of every task, stacked: argmin_phi objective(phi, *a)
     for each task's arguments `a` (`args` batched as `in_dims` says, vmap's convention),
-    from its row of `inits` (leading dim: the tasks).
+    from its row of `inits` (leading dim: the tasks), compiled as `compilation` says.
 
     A stepwise solver runs through `run_steps` (compiled in chunks of UNROLL steps); a
     solver that only defines `run` is vmapped whole (and compiled whole, unrolled).
@@ -45,7 +48,7 @@ def solve_batch(solver, objective, inits, args, in_dims):
         def one_solve(init, *args):
             return solver.run(grad(lambda phi: objective(phi, *args)), init)
 
-        return compiled.batch(one_solve, in_dims=(0, *in_dims))(inits, *args)
+        return compiled.batch(one_solve, (0, *in_dims), compilation)(inits, *args)
 
     def one_step(k, state, *args):
         return solver.step(k, *state, grad(lambda phi: objective(phi, *args)))
@@ -53,29 +56,31 @@ def solve_batch(solver, objective, inits, args, in_dims):
     def finish(state):
         return solver.finish(*state)
 
-    return run_steps(solver.start, one_step, finish, solver.steps, inits, args, in_dims)
+    return run_steps(solver.start, one_step, finish, solver.steps, inits, args, in_dims,
+                     compilation)
 
 
-def run_steps(start, step, finish, steps: int, inits, args, in_dims):
+def run_steps(start, step, finish, steps: int, inits, args, in_dims,
+              compilation: Compilation):
     """finish(state_K) for every task, where state_0 = start(init) and state_{k+1} =
     step(k, state_k, *a), a task's row of `inits` and its arguments `a` (`args` batched as
     `in_dims` says).
 
-    Eagerly: the whole loop of one task, vmapped. Compiled (`bilevel.compiled`): a chunk of
+    Eagerly: the whole loop of one task, vmapped. Compiled (`compilation.active`): a chunk of
     `UNROLL` steps compiled once, batched over the tasks, and called steps / UNROLL times
     (a shorter chunk for the remainder) with the index of its first step a 0-dim float64
     tensor, an input rather than a constant baked into the code: the compile time does not
     grow with the steps. `step` uses k in arithmetic only; start and finish, a few
     operators each, run eagerly.
     """
-    if not compiled.active():
+    if not compilation.active:
         def one_task(init, *args):
             state = start(init)
             for k in range(steps):
                 state = step(k, state, *args)
             return finish(state)
 
-        return compiled.batch(one_task, in_dims=(0, *in_dims))(inits, *args)
+        return compiled.batch(one_task, (0, *in_dims), compilation)(inits, *args)
 
     def chunk(first, state, *args, length):
         for i in range(length):
@@ -89,7 +94,7 @@ def run_steps(start, step, finish, steps: int, inits, args, in_dims):
     for first in range(0, steps, UNROLL):
         length = min(UNROLL, steps - first)
         run_chunk = compiled.batch(functools.partial(chunk, length=length),
-                                   in_dims=(None, 0, *in_dims))
+                                   (None, 0, *in_dims), compilation)
         # torch.full, not torch.tensor: a copy from the host would wait for the GPU.
         state = run_chunk(torch.full((), float(first), dtype=torch.float64, device=device),
                           state, *args)
@@ -106,6 +111,7 @@ def grad_ratio(stats: dict) -> torch.Tensor | None:
     return torch.where(start > 0, stats["grad_norm"] / start.clamp_min(1e-300), 0.0)
 
 
-def outer_loss(problem, h, tasks, solver) -> torch.Tensor:
+def outer_loss(problem, h, tasks, solver, *, compilation: Compilation = EAGER) -> torch.Tensor:
     """F(h) = mean over tasks of val_loss(phi*_i(h), h, task_i) (eq. 5), solves batched."""
-    return at_inner_solutions(problem.val_loss, problem, h, tasks, solver).mean()
+    return at_inner_solutions(problem.val_loss, problem, h, tasks, solver,
+                              compilation=compilation).mean()

@@ -17,6 +17,7 @@ import abc
 
 import torch
 
+from bilevel.compiled import Compilation
 from bilevel.info import LOSS_KEY
 from bilevel.registry import Registry
 from bilevel.regularizers import regularizers, require_key, weighted_sum
@@ -90,8 +91,10 @@ class BilevelProblem(abc.ABC):
         and `compare` report `eval_metrics` as "test_*" numbers; None (default) for none."""
         return None
 
-    def report(self, h: dict, solver) -> dict[str, float] | None:
-        """The problem's own numbers at h, solved with `solver`: `bilevel run` adds them to
+    def report(self, h: dict, solver, *,
+               compile: bool | str | Compilation = False) -> dict[str, float] | None:
+        """The problem's own numbers at h, solved with `solver` (compiled as `compile` says,
+        `hypergradient`'s values): `bilevel run` adds them to
         its test numbers, and `compare` reads "test_loss" and "test_accuracy" from them where
         `test_tasks` gives none; None (default)."""
         return None

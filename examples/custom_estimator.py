@@ -21,6 +21,7 @@ import torch
 from torch.func import grad, grad_and_value, jvp, vjp
 
 from bilevel import checks, solve_inner
+from bilevel.compiled import EAGER
 from bilevel.estimators import Estimator, average_over_tasks, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import tree_map
@@ -47,9 +48,9 @@ class NeumannJvp(Estimator):
         checks.integer("terms", self.terms, minimum=1)
         checks.positive("alpha", self.alpha)
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation=EAGER):
         one_task = functools.partial(self.task_gradient, problem, solver)
-        grads, stats = average_over_tasks(one_task, h, tasks)
+        grads, stats = average_over_tasks(one_task, h, tasks, compilation=compilation)
         k = solver.steps  # the cost of ONE task: each HVP also evaluates a gradient
         cost = Cost(inner_grad_evals=k, grad_evals=k + self.terms + 1, hvps=self.terms,
                     mixed_products=1)

@@ -12,7 +12,8 @@ The test set never enters a task: `report` measures it.
 
 import torch
 
-from bilevel import BilevelProblem, checks, solve_inner
+from bilevel import BilevelProblem, at_inner_solutions, checks
+from bilevel.compiled import Compilation
 from problems.classification import (
     accuracy,
     classification_metrics,
@@ -61,12 +62,19 @@ class LinearDigits(BilevelProblem):
         """{"val_loss", "accuracy"} on the task's validation set."""
         return classification_metrics(linear_logits(phi, task["xv"]), task["yv"])
 
-    def report(self, h, solver) -> dict:
-        """Solve the inner problem for h with `solver`: validation loss, test loss and
-        accuracy, and the final inner gradient norm, as floats."""
-        phi, stats = solve_inner(self, h, self.data, solver)
+    def report(self, h, solver, *, compile: bool | str | Compilation = False) -> dict:
+        """Solve the inner problem for h with `solver` (compiled as `compile` says,
+        `hypergradient`'s values): validation loss, test loss and accuracy, and the final
+        inner gradient norm, as floats."""
+        values, stats = at_inner_solutions(self.test_set_metrics, self, h, self.sample_tasks(1),
+                                           solver, with_stats=True,
+                                           compilation=Compilation.of(compile))
+        return ({name: value.item() for name, value in values.items()}
+                | {"inner_grad_norm": stats["grad_norm"].item()})
+
+    def test_set_metrics(self, phi, h, task) -> dict:
+        """{"val_loss", "test_loss", "test_accuracy"} of the classifier phi."""
         logits = linear_logits(phi, self.test["x"])
-        return {"val_loss": self.val_loss(phi, h, self.data).item(),
-                "test_loss": cross_entropy(logits, self.test["y"]).mean().item(),
-                "test_accuracy": accuracy(logits, self.test["y"]).item(),
-                "inner_grad_norm": stats["grad_norm"].item()}
+        return {"val_loss": self.val_loss(phi, h, task),
+                "test_loss": cross_entropy(logits, self.test["y"]).mean(),
+                "test_accuracy": accuracy(logits, self.test["y"])}

@@ -14,10 +14,10 @@ from torch._dynamo.utils import counters
 
 import bilevel
 from bilevel import compiled
-from bilevel.compiled import CompileError
+from bilevel.compiled import Compilation, CompileError
 from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
-from tests.conftest import seeded
+from tests.conftest import aot_eager, seeded
 from tests.toy_problems import TinyMLPRegression
 
 METHODS = ["fomaml", "maml", "reptile", "imaml", "fo-bmaml", "fo-bmaml-jvp"]
@@ -25,8 +25,9 @@ METHODS = ["fomaml", "maml", "reptile", "imaml", "fo-bmaml", "fo-bmaml-jvp"]
 
 @pytest.fixture(autouse=True)
 def backend(request, monkeypatch):
+    """compile=True / "strict" trace with "aot_eager", but in the tests marked inductor."""
     if "inductor" not in request.keywords:
-        monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+        aot_eager(monkeypatch)
 
 
 def quadratic(dtype=torch.float64):
@@ -168,8 +169,8 @@ def test_the_device_that_decides_on_cuda_graphs_is_the_first_tensor_argument(mon
     first, second = torch.zeros(2), torch.ones(3)
     assert compiled._first_tensor((3, {"a": (), "b": [None, first]}, second)) is first
     assert compiled._first_tensor(((), {}, "x")) is None
-    monkeypatch.setattr(compiled, "BACKEND", "inductor")
-    assert not compiled._replays_cuda_graphs((first,))  # a CPU tensor
+    function = compiled._Compiled(None, "f", Compilation(True, backend="inductor"))
+    assert not function._replays_cuda_graphs((first,))  # a CPU tensor
 
 
 @needs_cuda

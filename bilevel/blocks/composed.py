@@ -31,6 +31,7 @@ import torch
 from bilevel import checks
 from bilevel.blocks import weighting
 from bilevel.blocks.losses import accuracy, losses
+from bilevel.compiled import Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
 
@@ -164,7 +165,8 @@ class ComposedProblem(BilevelProblem):
         """The source's test tasks (`bilevel.blocks.sources.Tasks.test`), or None."""
         return self.tasks.test
 
-    def report(self, h: dict, solver) -> dict[str, float] | None:
+    def report(self, h: dict, solver, *,
+               compile: bool | str | Compilation = False) -> dict[str, float] | None:
         """The cleaning metrics (`cleaning_metrics`), where there are some."""
         return self.cleaning_metrics(h) or None
 

@@ -17,6 +17,7 @@ from bilevel.compare.report import rows, write
 from bilevel.compare.space import fixed_values, leaves_under, parameter_names
 from bilevel.compare.study import budget_of, run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
+from bilevel.compiled import Compilation
 from bilevel.config import yamlfile
 from bilevel.config.build import build
 from bilevel.config.runs import CONFIG_FILE, RESUMABLE, run_directory, test_metrics
@@ -94,12 +95,13 @@ def _check_space(config, built, search: dict) -> None:
                                    ("search", "config", key)) from None
 
 
-def test_numbers(built, h: dict) -> dict | None:
+def test_numbers(built, h: dict, *, compile: bool | str | Compilation = False) -> dict | None:
     """Test loss and accuracy at h, where the problem has a test set: a composed holdout
-    problem's `test_tasks`, or a problem's own `report(h, solver)`."""
+    problem's `test_tasks`, or a problem's own `report(h, solver, compile=...)`; solved
+    compiled as the run says."""
     numbers = test_metrics(built, h)
     if numbers is None:
-        numbers = built.problem.report(h, built.spec.solver)
+        numbers = built.problem.report(h, built.spec.solver, compile=built.spec.compile)
     if numbers is None:
         return None
     return {k: numbers[k] for k in ("test_loss", "test_accuracy") if k in numbers}

@@ -96,7 +96,7 @@ class Trial:
     def validate(self, built, h: dict, spent: list) -> float:
         n = evaluation(built.spec).tasks
         sums = held_out(built.problem, h, held_out_tasks(built.problem, n, built.spec.seed),
-                        built.spec.solver)
+                        built.spec.solver, compile=built.spec.compile)
         spent[0] += solve_cost(built.spec.solver, n)
         return sums["val_loss"].item() / n
 

@@ -89,13 +89,15 @@ class _ConfigRecord(Callback):
 
 def test_metrics(built, h) -> dict | None:
     """The problem's metrics on its held-out test set at h (`BilevelProblem.test_tasks`), with
-    its own `report(h, solver)` where it has one; None for a problem without a test set."""
+    its own `report(h, solver)` where it has one, solved compiled as the run says; None for a
+    problem without a test set."""
     tasks = built.problem.test_tasks()
     if tasks is None:
         return None
+    spec = built.spec
     metrics = at_inner_solutions(built.problem.eval_metrics, built.problem, h, tasks,
-                                 built.spec.solver)
-    own = built.problem.report(h, built.spec.solver) or {}
+                                 spec.solver, compilation=spec.compile)
+    own = built.problem.report(h, spec.solver, compile=spec.compile) or {}
     return {f"test_{k.removeprefix('val_')}": v.mean().item() for k, v in metrics.items()} | own
 
 

@@ -2,11 +2,13 @@
 tasks and its `Info`.
 
 An estimator subclasses `Estimator`, as a frozen dataclass of its options registered by
-name, and is called as `estimator(problem, h, tasks, solver) -> (grad, info)`: grad shaped
-like h, averaged over the tasks; info a `bilevel.info.Info` whose cost counts what the call
-spent (`bilevel.testing.EstimatorContract` checks it against a problem that counts its own
+name, and is called as `estimator(problem, h, tasks, solver, compilation=EAGER) -> (grad,
+info)`: grad shaped like h, averaged over the tasks; info a `bilevel.info.Info` whose cost
+counts what the call spent (`bilevel.testing.EstimatorContract` checks it against a problem
+that counts its own
 derivative evaluations). Its per-task work is a function of (h, task), written for ONE
-task and batched here with `vmap`.
+task and batched here with `vmap`, compiled as its `compilation` (a
+`bilevel.compiled.Compilation`) says: the estimator passes it on to every batch it runs.
 """
 
 import abc
@@ -14,6 +16,7 @@ import numbers
 from typing import ClassVar
 
 from bilevel import compiled
+from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, Cost, Info
 from bilevel.inner import at_inner_solutions, grad_ratio
@@ -36,8 +39,10 @@ class Estimator(abc.ABC):
     not_compiled: ClassVar[str | None] = None
 
     @abc.abstractmethod
-    def __call__(self, problem, h: dict, tasks, solver) -> tuple[dict, Info]:
-        """(grad, info): the hypergradient averaged over the tasks, and its diagnostics."""
+    def __call__(self, problem, h: dict, tasks, solver, *,
+                 compilation: Compilation = EAGER) -> tuple[dict, Info]:
+        """(grad, info): the hypergradient averaged over the tasks, and its diagnostics; the
+        per-task work batched as `compilation` says."""
 
     @property
     def name(self) -> str:
@@ -75,20 +80,20 @@ def as_estimator(method: "str | Estimator", options: dict | None = None, *,
     return estimator
 
 
-def average_over_tasks(task_gradient, h, tasks):
-    """Batch `task_gradient(h, task) -> (grad, stats)` over the tasks; grad is averaged,
-    stats keep one entry per task."""
-    grads, stats = compiled.batch(task_gradient, in_dims=(None, 0))(h, tasks)
+def average_over_tasks(task_gradient, h, tasks, *, compilation: Compilation = EAGER):
+    """Batch `task_gradient(h, task) -> (grad, stats)` over the tasks (compiled as
+    `compilation` says); grad is averaged, stats keep one entry per task."""
+    grads, stats = compiled.batch(task_gradient, (None, 0), compilation)(h, tasks)
     return tree_map(lambda g: g.mean(0), grads), stats
 
 
-def average_at_solutions(finish, problem, h, tasks, solver):
+def average_at_solutions(finish, problem, h, tasks, solver, compilation: Compilation):
     """Solve every task's inner problem from `problem.inner_init` (one batch,
     `bilevel.inner.solve_batch`), then `finish(phi, h, task) -> (grad, stats)` at each
     task's phi_K: grad averaged over the tasks, stats (one entry per task) joined to the
     solver's."""
     (grads, more), stats = at_inner_solutions(finish, problem, h, tasks, solver,
-                                              with_stats=True)
+                                              with_stats=True, compilation=compilation)
     return tree_map(lambda g: g.mean(0), grads), stats | more
 
 

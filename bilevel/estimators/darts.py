@@ -26,6 +26,7 @@ import torch
 from torch.func import grad
 
 from bilevel import checks
+from bilevel.compiled import EAGER, Compilation
 from bilevel.estimators.base import (
     Estimator,
     average_at_solutions,
@@ -53,7 +54,7 @@ class DARTS(Estimator):
     def __post_init__(self):
         checks.optional_positive("xi", self.xi)
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         xi = self.xi if self.xi is not None else solver_lr(
             solver, "darts needs xi, or a solver with a step size lr (xi's default)")
 
@@ -71,7 +72,8 @@ class DARTS(Estimator):
             mixed = tree_map(lambda a, b: xi * (a - b) / (2 * eps), plus, minus)
             return tree_map(torch.sub, f_h, mixed), {LOSS_KEY: problem.val_loss(phi, h, task)}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                            compilation)
         # d_phi g at phi_K, d_h g at phi_K + eps w and at phi_K - eps w.
         cost = Cost(inner_grad_evals=solver.steps, grad_evals=solver.steps + 3)
         return grads, solve_info(self.name, stats, cost, settings={"xi": xi})

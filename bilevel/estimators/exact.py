@@ -17,6 +17,7 @@ import dataclasses
 import torch
 from torch.func import grad, grad_and_value, hessian
 
+from bilevel.compiled import EAGER, Compilation
 from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import ravel, tree_map
@@ -33,7 +34,7 @@ class Exact(Estimator):
     not_compiled = ("torch.compile (torch 2.13) fails on torch.func.hessian under vmap, and "
                     "the dense Hessian is for small problems")
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         def at_solution(phi, h, task):
             flat_phi, unravel = ravel(phi)
 
@@ -49,7 +50,8 @@ class Exact(Estimator):
             n_params = torch.tensor(flat_phi.shape[0], device=flat_phi.device)
             return tree_map(torch.sub, f_h, mixed), {LOSS_KEY: val_loss, "n_params": n_params}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                             compilation)
         # The dense Hessian is n_params Hessian-vector products (torch.func.hessian pushes one
         # tangent per coordinate of phi), the mixed term one d_h d_phi g product.
         k, p = solver.steps, int(stats.pop("n_params")[0])

@@ -31,6 +31,7 @@ import torch
 from torch.func import grad, vmap
 
 from bilevel import checks, compiled
+from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators.base import Estimator, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
@@ -103,7 +104,8 @@ def nu_factor(scheme: str, scale=1.0, curvature=None):
             * curvature ** (order / (order + 1)))
 
 
-def problem_scale(problem, h, tasks) -> tuple[torch.Tensor, torch.Tensor]:
+def problem_scale(problem, h, tasks, compilation: Compilation = EAGER
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, T) of each task i at its inner init phi_0 (each of shape (n,)), for `auto_nu`:
 
         S_i = ||d_phi g(phi_0)|| / ||d_phi val_loss(phi_0)||      (gradients)
@@ -142,7 +144,7 @@ def problem_scale(problem, h, tasks) -> tuple[torch.Tensor, torch.Tensor]:
             scale / CURVATURE_RANGE, scale * CURVATURE_RANGE), scale)
         return scale, ratio
 
-    return compiled.batch(scales, in_dims=(None, 0))(h, tasks)
+    return compiled.batch(scales, (None, 0), compilation)(h, tasks)
 
 
 def perturbed_objective(problem, phi, h, task, nu):
@@ -187,12 +189,13 @@ class FOBMAML(Estimator):
             return scale * eps_nu(self.scheme, dtype)
         return eps_nu(self.scheme, dtype) if self.nu == "eps" else float(self.nu)
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         leaf = tree_leaves(h)[0]
         points, weights, _ = SCHEMES[self.scheme]
         m = len(points)
         n = tree_leaves(tasks)[0].shape[0]
-        scale = (nu_factor(self.scheme, *problem_scale(problem, h, tasks)) if self.nu == "auto"
+        scale = (nu_factor(self.scheme, *problem_scale(problem, h, tasks, compilation))
+                 if self.nu == "auto"
                  else torch.ones(n, dtype=leaf.dtype, device=leaf.device))
         nu = torch.as_tensor(self.resolve_nu(leaf.dtype, scale), dtype=leaf.dtype,
                              device=leaf.device).expand(n)  # one step per task
@@ -201,7 +204,8 @@ class FOBMAML(Estimator):
         stencil_solver = solver
         if self.warm_start_steps is not None:
             stencil_solver = solver.with_steps(self.warm_start_steps)
-            inits, _ = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0))
+            inits, _ = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0),
+                                   compilation)
         nus = (torch.tensor(points, dtype=leaf.dtype, device=leaf.device) * nu[:, None]).reshape(-1)
 
         def objective(phi, h, task, nu):
@@ -216,8 +220,9 @@ class FOBMAML(Estimator):
 
         point_tasks = tree_map(each_point, tasks)
         phis, stats = solve_batch(stencil_solver, objective, tree_map(each_point, inits),
-                                  (h, point_tasks, nus), (None, 0, 0))
-        psis, val_loss = compiled.batch(psi, in_dims=(0, None, 0, 0))(phis, h, point_tasks, nus)
+                                  (h, point_tasks, nus), (None, 0, 0), compilation)
+        psis, val_loss = compiled.batch(psi, (0, None, 0, 0), compilation)(phis, h, point_tasks,
+                                                                            nus)
         stats |= val_loss
         _check_finite(psis, stats, nus, self.scheme)
         grads = tree_map(lambda p: torch.tensordot(

@@ -26,6 +26,7 @@ import torch
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from bilevel import compiled
+from bilevel.compiled import EAGER, Compilation
 from bilevel.estimators.base import Estimator, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import run_steps
@@ -56,19 +57,21 @@ class FOBMAMLJVP(Estimator):
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
     assumes_converged_inner = True
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
         if solver.stepwise:
-            phi, tangent, stats = _tangent_recursion(problem, h, tasks, solver, inits)
+            phi, tangent, stats = _tangent_recursion(problem, h, tasks, solver, inits,
+                                                     compilation)
         else:
-            phi, tangent, stats = _jvp_through_run(problem, h, tasks, solver, inits)
+            phi, tangent, stats = _jvp_through_run(problem, h, tasks, solver, inits, compilation)
 
         def d_psi(phi, tangent, h, task):
             """d_h val_loss(phi_K, h) + d_h d_phi g(phi_K, h) . d phi_K / d nu."""
             (f_h, val_loss), mixed = _direct_and_mixed(problem, phi, tangent, h, task)
             return tree_map(torch.add, f_h, mixed), {LOSS_KEY: val_loss}
 
-        grads, val_loss = compiled.batch(d_psi, in_dims=(0, 0, None, 0))(phi, tangent, h, tasks)
+        grads, val_loss = compiled.batch(d_psi, (0, 0, None, 0), compilation)(phi, tangent, h,
+                                                                              tasks)
         grads = tree_map(lambda g: g.mean(0), grads)
         # In derivatives of g: each step, a gradient and its tangent (an HVP); psi's tangent,
         # one mixed product (the gradients of val_loss are not g's).
@@ -86,7 +89,7 @@ def _direct_and_mixed(problem, phi, tangent, h, task):
     return direct, mixed
 
 
-def _tangent_recursion(problem, h, tasks, solver, inits):
+def _tangent_recursion(problem, h, tasks, solver, inits, compilation):
     """(phi_K, d phi_K / d nu, stats) of every task, for a stepwise solver: each step of the
     solver on G_nu pushed forward in (iterates, nu) at nu = 0, so the tangent d x_k / d nu
     follows its own recursion in the same batched loop as the iterates (for GD,
@@ -144,10 +147,11 @@ def _tangent_recursion(problem, h, tasks, solver, inits):
         phi, stats = solver.finish(x, aux)
         return phi, tangent[0], stats
 
-    return run_steps(start, step, finish, solver.steps, inits, (h, tasks), (None, 0))
+    return run_steps(start, step, finish, solver.steps, inits, (h, tasks), (None, 0),
+                     compilation)
 
 
-def _jvp_through_run(problem, h, tasks, solver, inits):
+def _jvp_through_run(problem, h, tasks, solver, inits, compilation):
     """(phi_K, d phi_K / d nu, stats) of every task by one jvp in nu through the whole
     `solver.run` (forward-over-reverse), for a solver that defines no steps."""
 
@@ -164,4 +168,4 @@ def _jvp_through_run(problem, h, tasks, solver, inits):
         phi, tangent, stats = jvp(run, (zero,), (torch.ones_like(zero),), has_aux=True)
         return phi, tangent, stats
 
-    return compiled.batch(solve, in_dims=(0, None, 0))(inits, h, tasks)
+    return compiled.batch(solve, (0, None, 0), compilation)(inits, h, tasks)

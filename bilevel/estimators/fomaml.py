@@ -15,6 +15,7 @@ import dataclasses
 
 from torch.func import grad_and_value
 
+from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
@@ -35,7 +36,7 @@ def check_theta_shaped_like_phi(theta, phi, method: str):
 class FOMAML(Estimator):
     """d_phi val_loss at the inner solution as the gradient for theta (eq. 3)."""
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         require_key(h, "theta", "fomaml (its gradient for theta is d_phi val_loss)")
 
         def at_solution(phi, h, task):
@@ -44,6 +45,7 @@ class FOMAML(Estimator):
             theta = tree_map(lambda a, b: a + b, f_h["theta"], f_phi)
             return f_h | {"theta": theta}, {LOSS_KEY: val_loss}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                             compilation)
         k = solver.steps
         return grads, solve_info(self.name, stats, Cost.solve(k))

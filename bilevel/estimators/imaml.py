@@ -18,6 +18,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp
 
 from bilevel import checks
+from bilevel.compiled import EAGER, Compilation
 from bilevel.estimators.base import Estimator, average_at_solutions, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import ravel, tree_map
@@ -77,7 +78,7 @@ class IMAML(Estimator):
         checks.integer("cg_steps", self.cg_steps, minimum=1)
         checks.optional_positive("tol", self.tol)
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         def at_solution(phi, h, task):
             flat_phi, unravel = ravel(phi)
 
@@ -99,7 +100,8 @@ class IMAML(Estimator):
             (mixed,) = pull_back(v)
             return tree_map(torch.sub, f_h, mixed), cg_stats | {LOSS_KEY: val_loss}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                             compilation)
         k, c = solver.steps, self.cg_steps
         # The gradient d_phi g is evaluated (traced) twice: once for the pull-back that gives
         # the c products, once for the mixed product.

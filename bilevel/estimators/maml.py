@@ -15,6 +15,7 @@ import dataclasses
 
 from torch.func import grad_and_value
 
+from bilevel.compiled import EAGER, Compilation
 from bilevel.estimators.base import Estimator, average_over_tasks, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.inner import solve_inner
@@ -25,7 +26,7 @@ from bilevel.inner import solve_inner
 class MAML(Estimator):
     """d/dh val_loss(phi_K(h), h) by `torch.func.grad` over the whole inner solve."""
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         def task_gradient(h, task):
             def k_step_objective(h):
                 phi, stats = solve_inner(problem, h, task, solver)
@@ -34,7 +35,7 @@ class MAML(Estimator):
             grads, (val_loss, stats) = grad_and_value(k_step_objective, has_aux=True)(h)
             return grads, stats | {LOSS_KEY: val_loss}
 
-        grads, stats = average_over_tasks(task_gradient, h, tasks)
+        grads, stats = average_over_tasks(task_gradient, h, tasks, compilation=compilation)
         # The backward pass through each step's gradient is one Hessian-vector product.
         k = solver.steps
         return grads, solve_info(self.name, stats, Cost(inner_grad_evals=k, grad_evals=k, hvps=k))

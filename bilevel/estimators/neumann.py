@@ -26,6 +26,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp
 
 from bilevel import checks
+from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators.base import (
     Estimator,
@@ -73,7 +74,7 @@ class Neumann(Estimator):
         checks.integer("terms", self.terms, minimum=1)
         checks.optional_positive("alpha", self.alpha)
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         alpha = self.alpha if self.alpha is not None else solver_lr(
             solver, "neumann needs alpha, or a solver with a step size lr (alpha's default)")
 
@@ -99,7 +100,8 @@ class Neumann(Estimator):
             return tree_map(torch.sub, f_h, mixed), {LOSS_KEY: val_loss,
                                                      "neumann_growth": growth}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                            compilation)
         check_series(stats["neumann_growth"], alpha)
         k, products = solver.steps, self.terms - 1
         # d_phi g is evaluated (traced) once for the pull-back of the products (if any), once

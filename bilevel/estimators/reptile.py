@@ -16,6 +16,7 @@ import dataclasses
 
 from torch.func import grad_and_value
 
+from bilevel.compiled import EAGER, Compilation
 from bilevel.estimators.base import (
     Estimator,
     average_at_solutions,
@@ -34,7 +35,7 @@ from bilevel.tree import tree_map
 class Reptile(Estimator):
     """(theta - phi_K) / (K * lr) for theta (eq. 4)."""
 
-    def __call__(self, problem, h, tasks, solver):
+    def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         require_key(h, "theta", "reptile (its gradient for theta is (theta - phi_K) / (K lr))")
         lr = solver_lr(solver, "reptile needs a solver with a step size lr, since it divides "
                                "by steps * lr")
@@ -46,6 +47,7 @@ class Reptile(Estimator):
             step = tree_map(lambda t, p: scale * (t - p), h["theta"], phi)
             return f_h | {"theta": step}, {LOSS_KEY: val_loss}
 
-        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver)
+        grads, stats = average_at_solutions(at_solution, problem, h, tasks, solver,
+                                             compilation)
         k = solver.steps
         return grads, solve_info(self.name, stats, Cost.solve(k))

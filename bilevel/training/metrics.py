@@ -7,18 +7,21 @@ import math
 
 import torch
 
+from bilevel.compiled import Compilation
 from bilevel.info import INNER_GRAD_RATIO, Cost
 from bilevel.inner import at_inner_solutions, grad_ratio
 from bilevel.training import distributed
 
 
-def held_out(problem, h, tasks, solver) -> dict[str, torch.Tensor]:
+def held_out(problem, h, tasks, solver, *,
+             compile: bool | str | Compilation = False) -> dict[str, torch.Tensor]:
     """The sum over the tasks of `problem.eval_metrics(phi*_i(h), h, task_i)`, and of how far
     each solve got (INNER_GRAD_RATIO, `bilevel.inner.grad_ratio`), the inner problems solved
-    in one vmapped batch (costing `Cost.solve(solver.steps)` per task). Sums, so that
-    processes holding different numbers of tasks can add theirs before dividing by the total."""
+    in one vmapped batch (costing `Cost.solve(solver.steps)` per task), compiled as `compile`
+    says (`hypergradient`'s values). Sums, so that processes holding different numbers of
+    tasks can add theirs before dividing by the total."""
     metrics, stats = at_inner_solutions(problem.eval_metrics, problem, h, tasks, solver,
-                                        with_stats=True)
+                                        with_stats=True, compilation=Compilation.of(compile))
     ratio = grad_ratio(stats)
     if ratio is not None:
         metrics = metrics | {INNER_GRAD_RATIO: ratio}
@@ -49,11 +52,14 @@ def held_out_tasks(problem, n: int, seed: int):
 
 
 def evaluate_held_out(problem, h, tasks, solver, n_total: int,
-                      processes: distributed.Processes | None = None) -> tuple[dict, Cost]:
+                      processes: distributed.Processes | None = None, *,
+                      compile: bool | str | Compilation = False) -> tuple[dict, Cost]:
     """({"eval_<metric>": mean over the n_total held-out tasks}, the cost of their solves,
-    all processes together); `tasks`: this process's share of them."""
+    all processes together); `tasks`: this process's share of them; solves compiled as
+    `compile` says."""
     processes = processes or distributed.Processes()
-    sums = distributed.sum_over_processes(held_out(problem, h, tasks, solver), processes)
+    sums = distributed.sum_over_processes(held_out(problem, h, tasks, solver, compile=compile),
+                                          processes)
     names = sorted(sums)
     means = torch.stack([sums[k].to(torch.float64) for k in names]) / n_total
     means = {f"eval_{k}": v for k, v in zip(names, means.tolist(), strict=True)}

@@ -12,8 +12,9 @@ config.yaml). `RESUMABLE` names the options that a resumed run may change.
 
 import dataclasses
 
-from bilevel import checks, compiled
+from bilevel import checks
 from bilevel.checks import option
+from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.estimators import Estimator, as_estimator
 from bilevel.solvers import InnerSolver, as_solver, solver_name
@@ -52,9 +53,10 @@ class RunSpec:
     hyper_penalty: HyperPenalty | None = option(
         "pull leaves of h toward their mean (null: no penalty)", None)
     seed: int = option("seeds init_hyper, the task streams and torch", 0, minimum=0)
-    compile: bool | str = option(
-        "compile the hypergradients and held-out solves with torch.compile (strict: no eager "
-        "fallback for what cannot be compiled)", False)
+    compile: Compilation = option(
+        "compile every solve of the run (hypergradients, warm starts, validation, test "
+        "metrics) with torch.compile (strict: no eager fallback for what cannot be compiled)",
+        EAGER)
     checkpoint_every: int | None = option("also checkpoint every this many steps (a run "
                                           "always checkpoints at its end)", None, minimum=1,
                                           resumable=True)
@@ -73,7 +75,7 @@ class RunSpec:
                  "eval": Evaluation.parse(self.eval),
                  "warm_start": WarmStart.parse(self.warm_start),
                  "hyper_penalty": HyperPenalty.parse(self.hyper_penalty),
-                 "compile": compiled.check_mode(self.compile)}
+                 "compile": Compilation.of(self.compile)}
         for name, value in built.items():
             object.__setattr__(self, name, value)
         checks.in_bounds(self)
@@ -107,7 +109,8 @@ class RunSpec:
                  "method": _unit(self.method.name, self.method),
                  "outer": self.outer.as_dict(), "eval": _as_dict(self.eval),
                  "warm_start": _as_dict(self.warm_start),
-                 "hyper_penalty": _as_dict(self.hyper_penalty)}
+                 "hyper_penalty": _as_dict(self.hyper_penalty),
+                 "compile": self.compile.mode}
         return {field.name: units.get(field.name, getattr(self, field.name))
                 for field in dataclasses.fields(self)}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel import compiled, devices
+from bilevel import devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, per_task_name
@@ -127,7 +127,7 @@ class _Run:
                 "resume and checkpoint_every need a run directory: pass out=DIR")
         self.resume = resume
         self.warm = (None if spec.warm_start is None
-                     else warm_starts.WarmStarts(spec.warm_start, problem))
+                     else warm_starts.WarmStarts(spec.warm_start, problem, compile=spec.compile))
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
@@ -296,10 +296,9 @@ class _Run:
             record |= {"grad_norm": scalars.pop("grad_norm"), "lr": lr,
                        "inner_grad_evals_total": self.evals_total}
             if spec.eval is not None and (t % spec.eval.every == 0 or t == spec.steps):
-                with compiled.compiling(spec.compile):
-                    means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
-                                                    spec.solver, spec.eval.tasks,
-                                                    self.processes)
+                means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
+                                                spec.solver, spec.eval.tasks, self.processes,
+                                                compile=spec.compile)
                 self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
                 self.held_out_evals_total += cost.inner_grad_evals
                 record |= means | {"held_out_inner_grad_evals": cost.inner_grad_evals}

@@ -30,9 +30,10 @@ import torch
 from torch.func import vmap
 
 from bilevel import checks
+from bilevel.compiled import Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.info import per_task_scalars
-from bilevel.inner import grad_ratio, solve_inner
+from bilevel.inner import grad_ratio, solve_batch
 from bilevel.problem_view import ProblemView
 from bilevel.tree import tree_leaves, tree_map
 
@@ -60,17 +61,19 @@ class WarmStart(checks.Options):
         """The solver the estimator runs from the warm start."""
         return solver.with_steps(self.estimator_steps or self.steps)
 
-    def continue_solves(self, problem, h, tasks, solver, start=None):
+    def continue_solves(self, problem, h, tasks, solver, start=None, *,
+                        compile: bool | str | Compilation = False):
         """(phi, stats, steps): every task's unperturbed inner problem at h, solved for
         `steps` steps from `start` (one pytree, leading dim the tasks), or from
-        `problem.inner_init` with the solver's steps when `start` is None; `steps` is what
-        each task cost in inner gradient evaluations."""
+        `problem.inner_init` with the solver's steps when `start` is None, in one batch
+        compiled as `compile` says (`hypergradient`'s values); `steps` is what each task cost
+        in inner gradient evaluations."""
         if start is None:
             start, run = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks), solver
         else:
             run = solver.with_steps(self.steps)
-        phi, stats = vmap(solve_inner, in_dims=(None, None, 0, None, 0))(problem, h, tasks,
-                                                                        run, start)
+        phi, stats = solve_batch(run, problem.inner_objective, start, (h, tasks), (None, 0),
+                                 Compilation.of(compile))
         return phi, stats, run.steps
 
 
@@ -102,10 +105,12 @@ def scalars(stats: dict, evals: int, device) -> list:
 class WarmStarts:
     """The state of a warm-started run: the last solutions phi (one per task of the batch),
     the fingerprint of the batch they solve, and the gradient norm at inner_init of the
-    first (cold) solve of each task, against which later solves are judged."""
+    first (cold) solve of each task, against which later solves are judged. The warm solves
+    are compiled as `compile` says (`hypergradient`'s values)."""
 
-    def __init__(self, spec: WarmStart, problem):
+    def __init__(self, spec: WarmStart, problem, *, compile: bool | str | Compilation = False):
         self.spec, self.problem = spec, problem
+        self.compilation = Compilation.of(compile)
         # One object: the problem checks are cached on it.
         self.started = ProblemView(problem, start=True)
         self.phi = self.tasks_digest = self.start_norm = None
@@ -121,7 +126,8 @@ class WarmStarts:
                 f"step; warm_start needs a problem whose sample_tasks returns the same batch "
                 f"every step (hyperparameter tuning), got another batch from "
                 f"{type(self.problem).__name__}.sample_tasks")
-        phi, stats, steps = self.spec.continue_solves(self.problem, h, tasks, solver, self.phi)
+        phi, stats, steps = self.spec.continue_solves(self.problem, h, tasks, solver, self.phi,
+                                                      compile=self.compilation)
         phi = tree_map(torch.Tensor.detach, phi)
         start_norm = self.start_norm
         if start_norm is None:
