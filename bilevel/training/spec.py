@@ -14,7 +14,7 @@ import dataclasses
 
 from bilevel import checks
 from bilevel.checks import option
-from bilevel.compiled import EAGER, Compilation
+from bilevel.compiled import Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.estimators import Estimator, as_estimator
 from bilevel.solvers import InnerSolver, as_solver, solver_name
@@ -56,7 +56,7 @@ class RunSpec:
     compile: Compilation = option(
         "compile every solve of the run (hypergradients, warm starts, validation, test "
         "metrics) with torch.compile (strict: no eager fallback for what cannot be compiled)",
-        EAGER)
+        False)
     checkpoint_every: int | None = option("also checkpoint every this many steps (a run "
                                           "always checkpoints at its end)", None, minimum=1,
                                           resumable=True)
