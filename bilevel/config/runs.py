@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bilevel.config import yamlfile
-from bilevel.config.build import build
+from bilevel.config.build import Built, build
 from bilevel.config.load import Config
 from bilevel.errors import BilevelError, RunDirectoryError
 from bilevel.gradcheck import gradcheck
@@ -100,7 +100,7 @@ def differences(recorded, current, path="") -> list[str]:
     return []
 
 
-def test_metrics(built, h) -> dict | None:
+def test_metrics(built: Built, h: dict) -> dict[str, float] | None:
     """The problem's metrics on its held-out test set at h (`BilevelProblem.test_tasks`), or
     None for a problem without one."""
     tasks = built.problem.test_tasks()
@@ -136,7 +136,8 @@ def validate(config: Config) -> dict:
             "seconds": seconds}
 
 
-def check_gradients(config: Config, *, methods=None, reference="exact", repeats=1) -> list:
+def check_gradients(config: Config, *, methods: list[str] | None = None,
+                    reference: str = "exact", repeats: int = 1) -> list[dict]:
     """`bilevel.gradcheck` on the config's problem at init_hyper, on one batch of its tasks;
     reference "closed-form" uses the problem's own `meta_gradient(h, tasks)`."""
     built = build(config)
