@@ -21,6 +21,7 @@ from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
 from bilevel.inner import at_inner_solutions, outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
+from bilevel.problem_view import ProblemView
 from bilevel.training import Callback, MetaTrainResult, RunSpec, meta_train, optimizers
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidInputError",
     "MetaTrainResult",
     "NonFiniteTasksError",
+    "ProblemView",
     "RunDirectoryError",
     "estimators",
     "gradcheck",

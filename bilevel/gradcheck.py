@@ -10,6 +10,7 @@ from bilevel import checks
 from bilevel.errors import InvalidInputError
 from bilevel.estimators import as_estimator, estimators
 from bilevel.hypergradient import hypergradient
+from bilevel.problem import BilevelProblem
 from bilevel.tree import relative_error, tree_leaves, tree_structure
 
 COLUMNS = (  # (row key, header, format)
@@ -23,8 +24,9 @@ COLUMNS = (  # (row key, header, format)
 )
 
 
-def gradcheck(problem, h, tasks, *, solver, methods=None, reference="exact", options=None,
-              repeats: int = 3) -> list[dict]:
+def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver,
+              methods: list[str] | None = None, reference: str | dict = "exact",
+              options: dict[str, dict] | None = None, repeats: int = 3) -> list[dict]:
     """Run each estimator on (problem, h, tasks, solver) and compare it with a reference.
 
     methods: registered estimator names (default: every one, `bilevel list`).

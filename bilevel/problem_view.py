@@ -22,6 +22,7 @@ import inspect
 
 import torch
 
+from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
 
 
@@ -37,6 +38,16 @@ class ProblemView(BilevelProblem):
 
     def __init__(self, problem: BilevelProblem, *,
                  fixed: dict[tuple, torch.Tensor] | None = None, start: bool = False):
+        if not isinstance(problem, BilevelProblem):
+            raise InvalidInputError(f"problem must be a bilevel.BilevelProblem, got "
+                                    f"{type(problem).__name__}")
+        for path, value in (fixed or {}).items():
+            if (not isinstance(path, tuple) or not path
+                    or not all(isinstance(key, str) for key in path)
+                    or not isinstance(value, torch.Tensor)):
+                raise InvalidInputError(
+                    f"fixed must map paths into h (tuples of keys) to tensors, got {path!r}: "
+                    f"{type(value).__name__}")
         self.problem, self.fixed, self.start = problem, dict(fixed or {}), start
 
     def __init_subclass__(cls, **kwargs):

@@ -2,6 +2,7 @@
 fixed leaves merged back and a started task's "task" passed on; a member added to
 BilevelProblem is forwarded without editing the view."""
 
+import pytest
 import torch
 from torch.func import vmap
 
@@ -88,3 +89,12 @@ def test_a_member_added_to_bilevel_problem_is_forwarded_by_a_view(monkeypatch):
     seen = view.weighted_val_loss(phi, view.learned(h), {"task": task, "start": phi}, weight=3.0)
     assert seen == problem.weighted_val_loss(phi, h, task, weight=3.0)
     assert seen != weighted_val_loss(problem, phi, h, task, 3.0)  # the subclass's, not the default
+
+
+def test_a_view_of_something_else_or_with_malformed_fixed_leaves_is_refused():
+    problem, h, _, _ = setting()
+    with pytest.raises(bilevel.InvalidInputError, match="problem must be a bilevel"):
+        ProblemView({}, start=True)
+    with pytest.raises(bilevel.InvalidInputError, match="fixed must map paths into h .* got "
+                                                        "'log_lam': Tensor"):
+        ProblemView(problem, fixed={"log_lam": h["log_lam"]})

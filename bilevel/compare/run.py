@@ -17,9 +17,8 @@ from bilevel.compare.report import rows, write
 from bilevel.compare.space import fixed_values, leaves_under, parameter_names
 from bilevel.compare.study import budget_of, run_optuna, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
-from bilevel.compiled import Compilation
 from bilevel.config import yamlfile
-from bilevel.config.build import build
+from bilevel.config.build import Built, build
 from bilevel.config.runs import CONFIG_FILE, RESUMABLE, run_directory, test_metrics
 from bilevel.errors import BilevelError, InvalidInputError, RunDirectoryError
 from bilevel.problem_view import ProblemView
@@ -95,7 +94,7 @@ def _check_space(config, built, search: dict) -> None:
                                    ("search", "config", key)) from None
 
 
-def test_numbers(built, h: dict, *, compile: bool | str | Compilation = False) -> dict | None:
+def test_numbers(built: Built, h: dict) -> dict[str, float] | None:
     """Test loss and accuracy at h, where the problem has a test set: a composed holdout
     problem's `test_tasks`, or a problem's own `report(h, solver, compile=...)`; solved
     compiled as the run says."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from bilevel.config import yamlfile
-from bilevel.config.build import build
+from bilevel.config.build import Built, build
 from bilevel.config.load import Config
 from bilevel.errors import BilevelError, RunDirectoryError
 from bilevel.gradcheck import gradcheck
@@ -87,7 +87,7 @@ class _ConfigRecord(Callback):
         write_atomically(out / CONFIG_FILE, yamlfile.dump(self.resolved))
 
 
-def test_metrics(built, h) -> dict | None:
+def test_metrics(built: Built, h: dict) -> dict[str, float] | None:
     """The problem's metrics on its held-out test set at h (`BilevelProblem.test_tasks`), with
     its own `report(h, solver)` where it has one, solved compiled as the run says; None for a
     problem without a test set."""
@@ -126,7 +126,8 @@ def validate(config: Config) -> dict:
             "seconds": seconds}
 
 
-def check_gradients(config: Config, *, methods=None, reference="exact", repeats=1) -> list:
+def check_gradients(config: Config, *, methods: list[str] | None = None,
+                    reference: str = "exact", repeats: int = 1) -> list[dict]:
     """`bilevel.gradcheck` on the config's problem at init_hyper, on one batch of its tasks;
     reference "closed-form" uses the problem's own `meta_gradient(h, tasks)`."""
     built = build(config)
