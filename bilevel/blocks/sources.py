@@ -62,9 +62,14 @@ def _check_kind(kind: str, y: np.ndarray, where: str) -> str:
 
 
 def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, device,
-                where: str) -> Tasks:
-    """`Tasks` from a table: x (rows, features), y (rows,) or (rows, outputs)."""
+                where: str, test: tuple | None = None) -> Tasks:
+    """`Tasks` from a table: x (rows, features), y (rows,) or (rows, outputs); `test`: the
+    (x, y) rows that the data set itself holds out, which then are the test set (no task
+    drawn from x, y sees them)."""
     kind = _check_kind(kind, y, where)
+    rows = len(y)
+    if test is not None:
+        x, y = np.concatenate([x, test[0]]), np.concatenate([y, test[1]])
     if kind == "classification":
         _, y = np.unique(y, return_inverse=True)
         target = torch.as_tensor(y.reshape(-1), dtype=torch.int64, device=device)
@@ -73,16 +78,18 @@ def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, dev
         target = torch.as_tensor(y, dtype=dtype, device=device)
         outputs = 1 if y.ndim == 1 else y.shape[1]
     features = torch.as_tensor(x, dtype=dtype, device=device)
+    held_out = None if test is None else (features[rows:], target[rows:])
+    features, target = features[:rows], target[:rows]
     split = dict(split)
     shape = split.pop("kind", "holdout")
     if shape == "holdout":
         return Holdout(**_options(Holdout, split, where)).tasks(
-            features, target, kind, outputs)
+            features, target, kind, outputs, held_out)
     if shape == "few-shot":
         if kind != "classification":
             raise InvalidInputError(f"split: kind few-shot needs classification targets ({where})")
         return FewShot(**_options(FewShot, split, where)).tasks(
-            features, target, outputs)
+            features, target, outputs, held_out)
     raise InvalidInputError(f"split: kind must be 'holdout' or 'few-shot', got {shape!r} ({where})")
 
 
@@ -122,14 +129,15 @@ def random_split(n_examples: int, sizes, generator) -> list[torch.Tensor]:
 
 @dataclasses.dataclass(frozen=True)
 class Holdout:
-    """One task: `train` rows (count or fraction) to fit, `val` rows to judge, the rest test."""
+    """One task: `train` rows (count or fraction) to fit, `val` rows to judge, the rest test
+    (or, where the data set holds out its own, those rows, and the rest unused)."""
 
     train: float | int = 0.5
     val: float | int = 0.25
     seed: int = 0
     standardize: bool = True
 
-    def tasks(self, x, y, kind, outputs) -> Tasks:
+    def tasks(self, x, y, kind, outputs, held_out=None) -> Tasks:
         rows = len(y)
         n_train = _count("split train", self.train, rows)
         n_val = _count("split val", self.val, rows)
@@ -138,8 +146,9 @@ class Holdout:
                                     f"table has only {rows}")
         generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
         sizes = (n_train, n_val, rows - n_train - n_val)
-        train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
-        parts = (x[train], x[val], x[test])
+        train, val, rest = (part.to(x.device) for part in random_split(rows, sizes, generator))
+        test_x, test_y = (x[rest], y[rest]) if held_out is None else held_out
+        parts = (x[train], x[val], test_x)
         if self.standardize:
             parts = standardize(*parts)
         task = {"x": parts[0], "y": y[train], "xq": parts[1], "yq": y[val]}
@@ -149,9 +158,9 @@ class Holdout:
             return {k: v.expand(n, *v.shape) for k, v in task.items()}
 
         test_task = None
-        if len(test):
+        if len(test_y):
             test_task = {"x": parts[0][None], "y": y[train][None], "xq": parts[2][None],
-                         "yq": y[test][None]}
+                         "yq": test_y[None]}
         return Tasks(kind, x.shape[1], outputs, sample, test_task)
 
 
@@ -159,7 +168,8 @@ class Holdout:
 class FewShot:
     """N-way (`ways`) K-shot (`shots`) tasks with `queries` query rows per class, over
     `classes` (default all); with `test_classes`, `test_tasks` tasks over those unseen
-    classes (drawn once, seed 0) are the test set."""
+    classes (drawn once, seed 0) are the test set. Where the data set holds out its own test
+    rows, the test tasks are drawn from those, over `test_classes` (default: `classes`)."""
 
     ways: int = 5
     shots: int = 1
@@ -169,20 +179,22 @@ class FewShot:
     test_tasks: int = 500
     standardize: bool = True
 
-    def tasks(self, x, y, outputs) -> Tasks:
+    def tasks(self, x, y, outputs, held_out=None) -> Tasks:
         ways = checks.integer("split ways", self.ways, minimum=2)
         shots = checks.integer("split shots", self.shots, minimum=1)
         queries = checks.integer("split queries", self.queries, minimum=1)
         classes = list(range(outputs)) if self.classes is None else list(self.classes)
         groups = [self._rows(x, y, classes, outputs, "classes")]
-        if self.test_classes is not None:
-            groups.append(self._rows(x, y, list(self.test_classes), outputs, "test_classes"))
+        if self.test_classes is not None or held_out is not None:
+            test_classes = classes if self.test_classes is None else list(self.test_classes)
+            test_x, test_y = (x, y) if held_out is None else held_out
+            groups.append(self._rows(test_x, test_y, test_classes, outputs, "test_classes"))
         if self.standardize:  # with the statistics of the training classes' rows
             mean, std = standardize_statistics(torch.cat(groups[0]))
             groups = [[(r - mean) / std for r in rows] for rows in groups]
         sample = few_shot_sampler(groups[0], ways, shots, queries)
         test = None
-        if self.test_classes is not None:
+        if len(groups) > 1:
             count = checks.integer("split test_tasks", self.test_tasks, minimum=1)
             test_sample = few_shot_sampler(groups[1], ways, shots, queries)
             test = test_sample(count, torch.Generator().manual_seed(0))
