@@ -4,6 +4,7 @@ small cnn problem against `exact` in float64, and the errors of bad input."""
 
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import bilevel
 from bilevel.blocks import ComposedProblem, models, sources
 from bilevel.blocks.mnist1d import generate
 from bilevel.blocks.sources import Tasks
+from bilevel.cli import main
 from bilevel.errors import InvalidInputError
 from bilevel.estimators import estimators
 from bilevel.tree import relative_error, tree_map
@@ -258,3 +260,16 @@ def test_images_need_a_cnn_and_a_cnn_needs_signals_or_images():
         ComposedProblem(ImageSource(), models.build("mlp", {}), loss="cross-entropy")
     with pytest.raises(InvalidInputError, match=r"model cnn: takes signals .* shape \(2, 3, 4\)"):
         models.build("cnn", SMALL).init((2, 3, 4), 2)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("problem.model.kernel=41", "problem.model.kernel: kernel: 41 is longer than the input"),
+    ("problem.model.channels=[8, 0]", "problem.model.channels: channels must be an integer >= 1"),
+    ("problem.model.pool=min", "problem.model.pool"),
+    ("problem.source.samples=10", "problem.source.samples: samples must be an integer >= 100"),
+])
+def test_a_config_error_names_the_key(override, expected, capsys):
+    example = Path(__file__).resolve().parents[1] / "examples" / "mnist1d_maml_5way1shot.yaml"
+    status = main(["validate", str(example), f"--set={override}"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and expected in error, error
