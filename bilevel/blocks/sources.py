@@ -41,10 +41,12 @@ SKLEARN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 class Tasks:
     """What a loaded source gives a problem: a task sampler and the shapes of its data.
 
-    kind: "classification" or "regression"; inputs: features per example; outputs: classes
+    kind: "classification" or "regression"; inputs: features per example (or, for examples
+    that are images, their shape (height, width): only a `cnn` takes them); outputs: classes
     (classification) or target dimension (regression); sample(n, generator) -> a batch;
     test: a batch of test tasks, or None: for holdout splits one task whose query set is
-    the test rows; for few-shot splits with test_classes, tasks over those classes.
+    the test rows; for few-shot splits with test_classes (or a data set's own held-out
+    rows), tasks over those classes (rows).
     """
 
     kind: str
