@@ -270,6 +270,7 @@ def test_images_need_a_cnn_and_a_cnn_needs_signals_or_images():
 ])
 def test_a_config_error_names_the_key(override, expected, capsys):
     example = Path(__file__).resolve().parents[1] / "examples" / "mnist1d_maml_5way1shot.yaml"
-    status = main(["validate", str(example), f"--set={override}"])
+    small = [f"--set=problem.source.samples={SAMPLES}", "--set=problem.source.split.queries=5"]
+    status = main(["validate", str(example), *small, f"--set={override}"])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and expected in error, error
