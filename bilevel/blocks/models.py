@@ -12,6 +12,7 @@ Weights of linear maps are stored (fan_in, fan_out); those of convolutions
 
 import dataclasses
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +59,8 @@ def mlp(params: dict, x: torch.Tensor, activation=torch.relu) -> torch.Tensor:
 def flat_inputs(model: str, inputs) -> int:
     """The features of a source whose examples are vectors (`Tasks.inputs` an int); a
     source of images (a shape) is an error for a model of vectors."""
-    if isinstance(inputs, int):
-        return inputs
+    if isinstance(inputs, numbers.Integral):
+        return int(inputs)
     raise InvalidInputError(f"model {model}: takes examples that are vectors, but the source "
                             f"gives examples of shape {tuple(inputs)}; use model cnn")
 
@@ -174,7 +175,7 @@ class CNN:
     def sizes(self, inputs) -> list[tuple[int, ...]]:
         """The spatial shape that each convolution sees, and last the head's (before
         flattening); a kernel longer than a convolution's input is an error."""
-        shape = (inputs,) if isinstance(inputs, int) else tuple(inputs)
+        shape = (int(inputs),) if isinstance(inputs, numbers.Integral) else tuple(inputs)
         if len(shape) not in CONVOLUTIONS:
             raise InvalidInputError(f"model cnn: takes signals (a length) or images (height, "
                                     f"width), but the source gives examples of shape {shape}")
