@@ -3,15 +3,22 @@ convention), layer by layer, so that a problem can share some layers across task
 
     linear:  f(x) = x W + b                                  keys "W", "b"
     mlp:     f(x) = W_L a(... a(x W_0 + b_0) ...) + b_L      keys "w0", "b0", ..., "wL", "bL"
+    cnn:     f(x) = flatten(B_{L-1}(... B_0(x))) W_L + b_L   keys "w0", "b0", ..., "wL", "bL"
+             B_l(x) = pool(a(norm(conv(x, w_l) + b_l)))      (1-D signals or 2-D images)
 
-Weights are stored (fan_in, fan_out).
+Weights of linear maps are stored (fan_in, fan_out); those of convolutions
+(out channels, in channels, *kernel), as torch.nn.functional.conv1d / conv2d take them.
 """
 
 import dataclasses
+import math
+import numbers
 
 import torch
+import torch.nn.functional as F
 
 from bilevel import checks
+from bilevel.errors import InvalidInputError
 from bilevel.registry import Registry
 
 models = Registry("model")
@@ -24,10 +31,18 @@ def init_mlp(sizes, generator=None, dtype=torch.float32, device="cpu") -> dict:
     the default of `torch.nn.Linear`, used by PyTorch ports of MAML."""
     params = {}
     for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        bound = fan_in**-0.5
-        for name, shape in ((f"w{layer}", (fan_in, fan_out)), (f"b{layer}", (fan_out,))):
-            uniform = torch.rand(shape, generator=generator, dtype=dtype)
-            params[name] = ((2 * uniform - 1) * bound).to(device)
+        params |= init_layer(layer, (fan_in, fan_out), fan_in, generator, dtype, device)
+    return params
+
+
+def init_layer(layer: int, shape: tuple, fan_in: int, generator, dtype, device) -> dict:
+    """{"w<layer>": shape, "b<layer>": (shape[-1] for a matrix, shape[0] for a convolution's
+    (out, in, *kernel) weights)}, each ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bias = shape[-1] if len(shape) == 2 else shape[0]
+    params = {}
+    for name, size in ((f"w{layer}", shape), (f"b{layer}", (bias,))):
+        uniform = torch.rand(size, generator=generator, dtype=dtype)
+        params[name] = ((2 * uniform - 1) * fan_in**-0.5).to(device)
     return params
 
 
@@ -41,6 +56,15 @@ def mlp(params: dict, x: torch.Tensor, activation=torch.relu) -> torch.Tensor:
     return x
 
 
+def flat_inputs(model: str, inputs) -> int:
+    """The features of a source whose examples are vectors (`Tasks.inputs` an int); a
+    source of images (a shape) is an error for a model of vectors."""
+    if isinstance(inputs, numbers.Integral):
+        return int(inputs)
+    raise InvalidInputError(f"model {model}: takes examples that are vectors, but the source "
+                            f"gives examples of shape {tuple(inputs)}; use model cnn")
+
+
 @models.register("linear")
 @dataclasses.dataclass(frozen=True)
 class Linear:
@@ -50,6 +74,7 @@ class Linear:
         return [["W", "b"]]
 
     def init(self, inputs, outputs, generator=None, dtype=torch.float32, device="cpu") -> dict:
+        inputs = flat_inputs("linear", inputs)
         return {"W": torch.zeros(inputs, outputs, dtype=dtype, device=device),
                 "b": torch.zeros(outputs, dtype=dtype, device=device)}
 
@@ -74,7 +99,113 @@ class MLP:
         return [[f"w{i}", f"b{i}"] for i in range(len(self.widths) + 1)]
 
     def init(self, inputs, outputs, generator=None, dtype=torch.float32, device="cpu") -> dict:
-        return init_mlp((inputs, *self.widths, outputs), generator, dtype, device)
+        sizes = (flat_inputs("mlp", inputs), *self.widths, outputs)
+        return init_mlp(sizes, generator, dtype, device)
 
     def __call__(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         return mlp(params, x, ACTIVATIONS[self.activation])
+
+
+NORMS = ("none", "layer")
+POOLS = {"none": None, "max": torch.amax, "avg": torch.mean}
+CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d}
+
+
+def halve(x: torch.Tensor, spatial: int, reduce) -> torch.Tensor:
+    """Pooling by 2 over the last `spatial` dimensions (an odd last row or column dropped),
+    `reduce` (amax or mean) over each window: reshapes, which vmap, jvp and double backward
+    all take."""
+    if spatial == 1:
+        n = x.shape[-1] // 2
+        return reduce(x[..., :2 * n].unflatten(-1, (n, 2)), (-1,))
+    h, w = x.shape[-2] // 2, x.shape[-1] // 2
+    windows = x[..., :2 * h, :2 * w].unflatten(-1, (w, 2)).unflatten(-3, (h, 2))
+    return reduce(windows, (-3, -1))
+
+
+def cnn(params: dict, x: torch.Tensor, activation=torch.relu, pool=None,
+        norm: bool = False) -> torch.Tensor:
+    """The network's output (rows, outputs) for x (rows, length) or (rows, height, width),
+    one input channel: convolutions "w0", ... ("same" padding, stride 1; conv1d or conv2d
+    as the weights' shape says), each followed by an optional per-example layer norm (no
+    learned scale), `activation` and, unless `pool` is None, a pooling by 2 (`pool`: amax
+    or mean, `halve`), then the flattened features times the head "wL" plus "bL"."""
+    depth = len(params) // 2 - 1
+    spatial = params["w0"].ndim - 2
+    x = x.unsqueeze(1)
+    for layer in range(depth):
+        x = CONVOLUTIONS[spatial](x, params[f"w{layer}"], params[f"b{layer}"], padding="same")
+        if norm:
+            x = F.layer_norm(x, x.shape[1:])
+        x = activation(x)
+        if pool is not None:
+            x = halve(x, spatial, pool)
+    return x.flatten(1) @ params[f"w{depth}"] + params[f"b{depth}"]
+
+
+@models.register("cnn")
+@dataclasses.dataclass(frozen=True)
+class CNN:
+    """Convolutions with `channels` output channels each and `kernel`-wide (kernel x kernel
+    on images) filters, then a linear head on the flattened features; 1-D or 2-D as the
+    source's examples are (signals: `inputs` an int; images: (height, width)). Each block
+    is conv, `norm` (none, or layer: per example, no state), `activation`, `pool` (none,
+    max or avg by 2). Layers 0.. are the convolutions, the last the head (`shared_layers`)."""
+
+    channels: tuple[int, ...] = (32, 32, 32)
+    kernel: int = 3
+    activation: str = "relu"
+    pool: str = "none"
+    norm: str = "none"
+
+    def __post_init__(self):
+        if isinstance(self.channels, (str, int)) or not self.channels:
+            raise InvalidInputError(f"channels must be a non-empty list of integers >= 1, got "
+                                    f"{self.channels!r}")
+        object.__setattr__(self, "channels", tuple(
+            checks.integer("channels", c, minimum=1) for c in self.channels))
+        checks.integer("kernel", self.kernel, minimum=1)
+        checks.one_of("activation", self.activation, tuple(ACTIVATIONS))
+        checks.one_of("pool", self.pool, tuple(POOLS))
+        checks.one_of("norm", self.norm, NORMS)
+
+    def layers(self, inputs, outputs: int) -> list[list[str]]:
+        return [[f"w{i}", f"b{i}"] for i in range(len(self.channels) + 1)]
+
+    def sizes(self, inputs) -> list[tuple[int, ...]]:
+        """The spatial shape that each convolution sees, and last the head's (before
+        flattening); a kernel longer than a convolution's input is an error."""
+        shape = (int(inputs),) if isinstance(inputs, numbers.Integral) else tuple(inputs)
+        if len(shape) not in CONVOLUTIONS:
+            raise InvalidInputError(f"model cnn: takes signals (a length) or images (height, "
+                                    f"width), but the source gives examples of shape {shape}")
+        sizes = [shape]
+        for layer in range(len(self.channels)):
+            if min(shape) < self.kernel:
+                what = "the input" if layer == 0 else f"convolution {layer}'s input"
+                raise InvalidInputError(f"kernel: {self.kernel} is longer than {what}, of "
+                                        f"shape {shape} (pool: {self.pool})")
+            if self.pool != "none":
+                shape = tuple(n // 2 for n in shape)
+            sizes.append(shape)
+        if min(shape) < 1:
+            raise InvalidInputError(f"pool: {self.pool} halves the input {sizes[0]} to nothing "
+                                    f"after {len(self.channels)} convolutions")
+        return sizes
+
+    def init(self, inputs, outputs, generator=None, dtype=torch.float32, device="cpu") -> dict:
+        sizes = self.sizes(inputs)
+        spatial = len(sizes[0])
+        params, before = {}, 1
+        for layer, after in enumerate(self.channels):
+            shape = (after, before, *(self.kernel,) * spatial)
+            params |= init_layer(layer, shape, before * self.kernel**spatial, generator, dtype,
+                                 device)
+            before = after
+        features = before * math.prod(sizes[-1])
+        return params | init_layer(len(self.channels), (features, outputs), features,
+                                   generator, dtype, device)
+
+    def __call__(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        return cnn(params, x, ACTIVATIONS[self.activation], POOLS[self.pool],
+                   self.norm == "layer")

@@ -45,10 +45,12 @@ SKLEARN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 class Tasks:
     """What a loaded source gives a problem: a task sampler and the shapes of its data.
 
-    kind: "classification" or "regression"; inputs: features per example; outputs: classes
+    kind: "classification" or "regression"; inputs: features per example (or, for examples
+    that are images, their shape (height, width): only a `cnn` takes them); outputs: classes
     (classification) or target dimension (regression); sample(n, generator) -> a batch;
     test: a batch of test tasks, or None: for holdout splits one task whose query set is
-    the test rows; for few-shot splits with test_classes, tasks over those classes.
+    the test rows; for few-shot splits with test_classes (or a data set's own held-out
+    rows), tasks over those classes (rows).
     train_rows: the size of the one training set that every task shares (holdout splits),
     None where tasks differ (few-shot); corrupted: (train_rows,) bool, the training rows
     whose labels a holdout split corrupted, or None.
@@ -71,9 +73,14 @@ def _check_kind(kind: str, y: np.ndarray, where: str) -> str:
 
 
 def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, device,
-                where: str) -> Tasks:
-    """`Tasks` from a table: x (rows, features), y (rows,) or (rows, outputs)."""
+                where: str, test: tuple | None = None) -> Tasks:
+    """`Tasks` from a table: x (rows, features), y (rows,) or (rows, outputs); `test`: the
+    (x, y) rows that the data set itself holds out, which then are the test set (no task
+    drawn from x, y sees them)."""
     kind = _check_kind(kind, y, where)
+    rows = len(y)
+    if test is not None:
+        x, y = np.concatenate([x, test[0]]), np.concatenate([y, test[1]])
     if kind == "classification":
         _, y = np.unique(y, return_inverse=True)
         target = torch.as_tensor(y.reshape(-1), dtype=torch.int64, device=device)
@@ -82,16 +89,18 @@ def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, dev
         target = torch.as_tensor(y, dtype=dtype, device=device)
         outputs = 1 if y.ndim == 1 else y.shape[1]
     features = torch.as_tensor(x, dtype=dtype, device=device)
+    held_out = None if test is None else (features[rows:], target[rows:])
+    features, target = features[:rows], target[:rows]
     split = dict(split)
     shape = split.pop("kind", "holdout")
     if shape == "holdout":
         return Holdout(**_options(Holdout, split, where)).tasks(
-            features, target, kind, outputs)
+            features, target, kind, outputs, held_out)
     if shape == "few-shot":
         if kind != "classification":
             raise InvalidInputError(f"split: kind few-shot needs classification targets ({where})")
         return FewShot(**_options(FewShot, split, where)).tasks(
-            features, target, outputs)
+            features, target, outputs, held_out)
     raise InvalidInputError(f"split: kind must be 'holdout' or 'few-shot', got {shape!r} ({where})")
 
 
@@ -132,8 +141,9 @@ def random_split(n_examples: int, sizes, generator) -> list[torch.Tensor]:
 @dataclasses.dataclass(frozen=True)
 class Holdout:
     """One task: `train` rows (count or fraction) to fit, `val` rows to judge, `test` rows
-    (default: the rest) to report on; a fraction `corruption` of the training labels
-    corrupted (drawn with `seed`, after the split)."""
+    (default: the rest) to report on, or, where the data set holds out its own, those rows
+    (and the rest unused); a fraction `corruption` of the training labels corrupted (drawn
+    with `seed`, after the split)."""
 
     train: float | int = 0.5
     val: float | int = 0.25
@@ -142,7 +152,7 @@ class Holdout:
     standardize: bool = True
     corruption: float = 0.0
 
-    def tasks(self, x, y, kind, outputs) -> Tasks:
+    def tasks(self, x, y, kind, outputs, held_out=None) -> Tasks:
         rows = len(y)
         n_train = _count("split train", self.train, rows)
         n_val = _count("split val", self.val, rows)
@@ -152,9 +162,10 @@ class Holdout:
             raise InvalidInputError(f"split: train + val + test = {n_train + n_val + n_test} "
                                     f"rows, but the table has only {rows}")
         generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
-        sizes = (n_train, n_val, n_test)
+        sizes = (n_train, n_val, 0 if held_out is not None else n_test)
         train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
-        parts = (x[train], x[val], x[test])
+        test_x, test_y = (x[test], y[test]) if held_out is None else held_out
+        parts = (x[train], x[val], test_x)
         if self.standardize:
             parts = standardize(*parts)
         y_train, corrupted = y[train], None
@@ -170,9 +181,9 @@ class Holdout:
             return {k: v.expand(n, *v.shape) for k, v in task.items()}
 
         test_task = None
-        if len(test):
+        if len(test_y):
             test_task = {"x": parts[0][None], "y": y_train[None], "xq": parts[2][None],
-                         "yq": y[test][None]}
+                         "yq": test_y[None]}
         return Tasks(kind, x.shape[1], outputs, sample, test_task, n_train, corrupted)
 
 
@@ -180,7 +191,8 @@ class Holdout:
 class FewShot:
     """N-way (`ways`) K-shot (`shots`) tasks with `queries` query rows per class, over
     `classes` (default all); with `test_classes`, `test_tasks` tasks over those unseen
-    classes (drawn once, seed 0) are the test set."""
+    classes (drawn once, seed 0) are the test set. Where the data set holds out its own test
+    rows, the test tasks are drawn from those, over `test_classes` (default: `classes`)."""
 
     ways: int = 5
     shots: int = 1
@@ -190,20 +202,22 @@ class FewShot:
     test_tasks: int = 500
     standardize: bool = True
 
-    def tasks(self, x, y, outputs) -> Tasks:
+    def tasks(self, x, y, outputs, held_out=None) -> Tasks:
         ways = checks.integer("split ways", self.ways, minimum=2)
         shots = checks.integer("split shots", self.shots, minimum=1)
         queries = checks.integer("split queries", self.queries, minimum=1)
         classes = list(range(outputs)) if self.classes is None else list(self.classes)
         groups = [self._rows(x, y, classes, outputs, "classes")]
-        if self.test_classes is not None:
-            groups.append(self._rows(x, y, list(self.test_classes), outputs, "test_classes"))
+        if self.test_classes is not None or held_out is not None:
+            test_classes = classes if self.test_classes is None else list(self.test_classes)
+            test_x, test_y = (x, y) if held_out is None else held_out
+            groups.append(self._rows(test_x, test_y, test_classes, outputs, "test_classes"))
         if self.standardize:  # with the statistics of the training classes' rows
             mean, std = standardize_statistics(torch.cat(groups[0]))
             groups = [[(r - mean) / std for r in rows] for rows in groups]
         sample = few_shot_sampler(groups[0], ways, shots, queries)
         test = None
-        if self.test_classes is not None:
+        if len(groups) > 1:
             count = checks.integer("split test_tasks", self.test_tasks, minimum=1)
             test_sample = few_shot_sampler(groups[1], ways, shots, queries)
             test = test_sample(count, torch.Generator().manual_seed(0))

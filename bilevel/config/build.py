@@ -117,7 +117,11 @@ def _composed_problem(config, spec, dtype, device):
         return ComposedProblem(source, model, **options, dtype=dtype, device=device)
     except BilevelError as error:
         message = str(error)
-        where = _named_option(message, source_spec)
-        path = ("problem", "source", *where) if where else (
-            "problem", *_named_option(message, options))
+        model_spec = spec["model"] if isinstance(spec["model"], dict) else {}
+        if where := _named_option(message, source_spec):
+            path = ("problem", "source", *where)
+        elif where := _named_option(message, model_spec):
+            path = ("problem", "model", *where)  # an option checked against the data
+        else:
+            path = ("problem", *_named_option(message, options))
         raise config.error(message, path) from None
