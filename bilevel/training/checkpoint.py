@@ -7,8 +7,15 @@ global ones (as uint8 tensors), the history of logged records and the wall time
 spent. It is written to a temporary file in the same directory, then renamed over
 the previous one (`os.replace`, atomic), so a kill at any moment leaves the previous
 checkpoint or the new one, never a torn file.
+
+Integrity: the dict also holds "checksum", the SHA-256 of its content (`content_digest`:
+every tensor's dtype, shape and bytes, every other value's repr, in a fixed order), so the
+file stays a plain `torch.load`-able dict. `load` recomputes it and refuses a checkpoint
+whose content changed on disk (one float of h is enough) or that holds none, before the
+run writes anything, so the damaged file is left as it is for inspection.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +24,34 @@ import torch
 from bilevel.errors import RunDirectoryError
 
 FILENAME = "checkpoint.pt"
+CHECKSUM = "checksum"
+
+
+def content_digest(state: dict) -> str:
+    """"sha256:<hex>" of `state` without its CHECKSUM entry: tensors by dtype, shape and
+    bytes, dicts in key order, other values by type and repr (floats round-trip exactly)."""
+    digest = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            if value.numel():
+                digest.update(value.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(f"K{key!r}".encode())
+                feed(value[key])
+        elif isinstance(value, list | tuple):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"V{type(value).__name__}:{value!r};".encode())
+
+    feed({k: v for k, v in state.items() if k != CHECKSUM})
+    return "sha256:" + digest.hexdigest()
 
 
 def rng_states(generators: dict) -> dict:
@@ -38,7 +73,9 @@ def set_rng_states(generators: dict, states: dict) -> None:
 
 
 def save(directory: Path, state: dict) -> Path:
-    """Write `state` to directory/checkpoint.pt atomically."""
+    """Write `state` with its checksum to directory/checkpoint.pt atomically."""
+    state = {k: v for k, v in state.items() if k != CHECKSUM}
+    state[CHECKSUM] = content_digest(state)
     path = Path(directory) / FILENAME
     temporary = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
     try:
@@ -54,11 +91,20 @@ def save(directory: Path, state: dict) -> Path:
 
 
 def load(directory: Path) -> dict:
-    """The checkpoint in `directory`, tensors on the CPU."""
+    """The checkpoint in `directory`, tensors on the CPU, its checksum verified; a
+    RunDirectoryError naming the file if it is missing, unreadable or damaged."""
     path = Path(directory) / FILENAME
     if not path.is_file():
         raise RunDirectoryError(f"resume=True, but {path} does not exist: no checkpoint to resume")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise RunDirectoryError(f"{path} is not a readable checkpoint: {error}") from None
+    if not isinstance(state, dict) or CHECKSUM not in state:
+        raise RunDirectoryError(f"{path} is not a checkpoint of bilevel: it records no "
+                                "checksum; it was left untouched")
+    if state[CHECKSUM] != content_digest(state):
+        raise RunDirectoryError(f"{path} is damaged: its content does not match its checksum "
+                                f"({state[CHECKSUM]}); it was left untouched, refusing to "
+                                "resume from it")
+    return state
