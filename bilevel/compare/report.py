@@ -1,10 +1,10 @@
 """What a comparison leaves in its run directory: compare.json (curves and table),
 compare.md (the table), compare.png (the curves)."""
 
-import json
 import math
 from pathlib import Path
 
+from bilevel import strict_json
 from bilevel.training.rundir import write_atomically
 
 COLUMNS = [("side", "side", "{}"), ("best_val_loss", "best val loss", "{:.4g}"),
@@ -42,7 +42,7 @@ def markdown(table: list[dict]) -> str:
 
 def write(directory: Path, curves: dict, table: list[dict], meta: dict) -> None:
     record = meta | {"table": table, "curves": {k: c.as_dict() for k, c in curves.items()}}
-    write_atomically(directory / "compare.json", json.dumps(record, indent=2) + "\n")
+    write_atomically(directory / "compare.json", strict_json.dumps(record, indent=2) + "\n")
     write_atomically(directory / "compare.md", markdown(table))
     plot(directory / "compare.png", curves, meta.get("title", ""))
 

@@ -1,6 +1,7 @@
 """The run directory: what a run leaves on disk besides its checkpoint.
 
     settings.json   the resolved settings (seed included)
+    hyper.json      the learned hyperparameters, readable (`write_hyper`)
     metrics.jsonl   one JSON record per outer step
     summary.json    status and final numbers, written when the run stops
     loss.png        loss and hypergradient norm against the step
@@ -18,7 +19,9 @@ import json
 import os
 from pathlib import Path
 
+from bilevel import strict_json
 from bilevel.errors import RunDirectoryError
+from bilevel.training import checkpoint, hyperfile
 
 # Settings that may change when a run is resumed: its length, how often it checkpoints, how
 # many processes run it and the torch version.
@@ -26,7 +29,7 @@ RESUMABLE_CHANGES = {"steps", "checkpoint_every", "world_size", "torch"}
 # What the library writes in a run directory: this module, the checkpoint, and `bilevel run`
 # (config.yaml, the record of the run, and test.json); temporary files start with ".".
 OWN_FILES = {"settings.json", "metrics.jsonl", "summary.json", "loss.png", "eval.png",
-             "checkpoint.pt", "config.yaml", "test.json"}
+             "checkpoint.pt", "config.yaml", "test.json", "hyper.json"}
 
 
 def settings_digest(settings: dict) -> str:
@@ -41,6 +44,13 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_hyper(directory: Path, h: dict, step: int) -> Path:
+    """directory/hyper.json: `h` at `step`, readable (`bilevel.training.hyperfile`)."""
+    path = Path(directory) / hyperfile.FILENAME
+    write_atomically(path, hyperfile.hyper_text(h, step))
+    return path
 
 
 class RunDirectory:
@@ -76,28 +86,32 @@ class RunDirectory:
         """Record the settings; on resume, check that they match the recorded ones."""
         if resume:
             check_settings(self.path, settings)
-        write_atomically(self.path / "settings.json", json.dumps(settings, indent=2) + "\n")
+        write_atomically(self.path / "settings.json", strict_json.dumps(settings, indent=2) + "\n")
 
     def restart_metrics(self, history: list) -> None:
         """metrics.jsonl holds exactly `history`: records written after the checkpoint that
         a resumed run starts from are dropped, since the run writes them again."""
         path = self.path / "metrics.jsonl"
-        write_atomically(path, "".join(json.dumps(record) + "\n" for record in history))
+        write_atomically(path, "".join(strict_json.dumps(record) + "\n" for record in history))
         self._metrics = path.open("a")
 
     def log(self, record: dict) -> None:
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write(strict_json.dumps(record) + "\n")
         self._metrics.flush()
 
     def finish(self, summary: dict, history: list) -> None:
-        """Write summary.json and the plots; close metrics.jsonl and write it again from the
-        history (whole even if the file was deleted or cut during the run)."""
+        """Write summary.json, hyper.json (from the checkpoint on disk) and the plots; close
+        metrics.jsonl and write it again from the history (whole even if the file was
+        deleted or cut during the run)."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
         write_atomically(self.path / "metrics.jsonl",
-                         "".join(json.dumps(record) + "\n" for record in history))
-        write_atomically(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+                         "".join(strict_json.dumps(record) + "\n" for record in history))
+        write_atomically(self.path / "summary.json", strict_json.dumps(summary, indent=2) + "\n")
+        if (self.path / checkpoint.FILENAME).is_file():
+            saved = checkpoint.load(self.path)
+            write_hyper(self.path, saved["h"], saved["step"])
         plot(self.path, history)
 
 
@@ -108,7 +122,7 @@ def check_settings(directory: Path, settings: dict) -> None:
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
-    current = json.loads(json.dumps(settings))  # tuples become lists, as recorded
+    current = json.loads(strict_json.dumps(settings))  # as recorded: tuples become lists
     keys = (set(recorded) | set(current)) - RESUMABLE_CHANGES
     changed = sorted(k for k in keys if recorded.get(k) != current.get(k))
     if changed:
