@@ -136,7 +136,7 @@ class Holdout:
         if n_train + n_val > rows:
             raise InvalidInputError(f"split: train + val = {n_train + n_val} rows, but the "
                                     f"table has only {rows}")
-        generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
+        generator = torch.Generator().manual_seed(checks.seed("split seed", self.seed))
         sizes = (n_train, n_val, rows - n_train - n_val)
         train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
         parts = (x[train], x[val], x[test])
@@ -257,6 +257,20 @@ class SklearnDataset:
         return table_tasks(x, y, kind, self.split, dtype, device, f"dataset {self.dataset}")
 
 
+def _numeric(arrays, key: str, option: str, path) -> np.ndarray:
+    """Array `key` of an .npz file as float64; object, string and other non-numeric arrays
+    are refused (object arrays would need pickle, which may run code)."""
+    try:
+        array = arrays[key]
+    except ValueError as error:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise InvalidInputError(f"{option}: array {key!r} of {path} cannot be read ({error}); "
+                                "save numbers, not Python objects") from None
+    if array.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{option}: array {key!r} of {path} holds {array.dtype} values, "
+                                "not numbers (bool, int or float)")
+    return array.astype(np.float64)
+
+
 def _target_column(header: list[str], target, path) -> int:
     if isinstance(target, int) and not isinstance(target, bool):
         if -len(header) <= target < len(header):
@@ -280,6 +294,9 @@ class _TableFile:
     split: dict = dataclasses.field(default_factory=dict)
 
     def load(self, dtype, device) -> Tasks:
+        kind = checks.not_regular(self.path)
+        if kind is not None:
+            raise InvalidInputError(f"path: {self.path} is {kind}, not a regular file")
         x, y = self.read(Path(self.path))
         return table_tasks(x, y, self.kind, self.split, dtype, device, self.path)
 
@@ -294,12 +311,24 @@ class CsvFile(_TableFile):
     target: str | int = -1
     delimiter: str = ","
 
+    def __post_init__(self):
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1 or \
+                self.delimiter in '"\r\n' or self.delimiter.isalnum():
+            raise InvalidInputError(f"delimiter must be one character other than a letter, a "
+                                    f"digit, a quote or a line break, got {self.delimiter!r}")
+
     def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
-            with path.open(newline="") as file:
+            with path.open(newline="", encoding="utf-8") as file:
                 rows = list(csv.reader(file, delimiter=self.delimiter))
         except OSError as error:
             raise InvalidInputError(f"path: cannot read {path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(f"path: {path} is not UTF-8 text (byte {error.start}: "
+                                    f"{error.reason}); save it as UTF-8") from None
+        except csv.Error as error:
+            raise InvalidInputError(f"path: {path} is not a readable .csv file: {error}") \
+                from None
         if len(rows) < 2:
             raise InvalidInputError(f"path: {path} needs a header row and at least one data row")
         header, body = rows[0], rows[1:]
@@ -330,13 +359,17 @@ class NpzFile(_TableFile):
             arrays = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise InvalidInputError(f"path: cannot read {path} as .npz: {error}") from None
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise InvalidInputError(f"path: {path} is a single .npy array, not an .npz archive "
+                                    "of arrays x and y")
         for option, key in (("x", self.x), ("y", self.y)):
             if key not in arrays:
                 raise InvalidInputError(f"{option}: {path} has no array {key!r}; it has "
                                         f"{', '.join(arrays.files)}")
-        x, y = np.asarray(arrays[self.x], dtype=np.float64), np.asarray(arrays[self.y])
+        x, y = (_numeric(arrays, key, option, path) for option, key in (("x", self.x),
+                                                                         ("y", self.y)))
         if x.ndim != 2 or len(y) != len(x):
             raise InvalidInputError(f"path: in {path}, {self.x!r} must be (rows, features) and "
                                     f"{self.y!r} have one value per row; got shapes {x.shape} "
                                     f"and {y.shape}")
-        return x, y.astype(np.float64)
+        return x, y

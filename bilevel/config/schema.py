@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bilevel import checks
 from bilevel.blocks import models as model_blocks
 from bilevel.blocks import sources
 from bilevel.blocks.composed import LAM_SHAPES
@@ -152,8 +153,8 @@ class OuterSpec(BaseModel):
 class Evaluation(Strict):
     """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the end."""
 
-    every: int = Field(ge=1, description="evaluate every this many steps")
-    tasks: int = Field(ge=1, description="held-out tasks, drawn once")
+    every: int = Field(ge=1, le=checks.MAX_STEPS, description="evaluate every this many steps")
+    tasks: int = Field(ge=1, le=checks.MAX_TASKS, description="held-out tasks, drawn once")
 
 
 class WarmStartSpec(Strict):
@@ -211,7 +212,8 @@ def _composed_model():
                   "(meta-learning); fixed: the model's initialisation (hyperparameter tuning)"),
         shared_layers=key(list[int], [], "layer indices shared by every task, learned as "
                                          "h['decoder'] and not adapted (eq. 15)"),
-        seed=(int, Field(0, ge=0, description="seed of the model's initialisation")),
+        seed=(int, Field(0, ge=0, le=checks.MAX_SEED,
+                         description="seed of the model's initialisation")),
     )
 
 
@@ -249,8 +251,9 @@ def run_config_model() -> type[BaseModel]:
                 Field("fo-bmaml", description="the hypergradient estimator")),
         outer=(Annotated[OuterSpec, BeforeValidator(_name_or_mapping)],
                Field("adam", description="the outer optimizer of h")),
-        steps=(int, Field(ge=1, description="outer steps")),
-        tasks_per_step=(int, Field(ge=1, description="tasks in each outer step's batch")),
+        steps=(int, Field(ge=1, le=checks.MAX_STEPS, description="outer steps")),
+        tasks_per_step=(int, Field(ge=1, le=checks.MAX_TASKS,
+                                   description="tasks in each outer step's batch")),
         eval=(Evaluation | None, Field(None, description="held-out evaluation (none: never)")),
         warm_start=(WarmStartSpec | None, Field(None, description="start each outer step's "
                                                                   "inner solves from the "
@@ -259,7 +262,8 @@ def run_config_model() -> type[BaseModel]:
         hyper_penalty=(HyperPenaltySpec | None, Field(None, description="pull leaves of h "
                                                                         "toward their mean "
                                                                         "(null: no penalty)")),
-        seed=(int, Field(0, ge=0, description="seeds init_hyper, the task streams and torch")),
+        seed=(int, Field(0, ge=0, le=checks.MAX_SEED,
+                         description="seeds init_hyper, the task streams and torch")),
         device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                            description="auto (CUDA where present), cpu, cuda or cuda:N")),
         dtype=(Literal[tuple(DTYPES)], Field("float32", description="float32 or float64")),
