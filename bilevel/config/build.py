@@ -48,7 +48,7 @@ def build(config: Config) -> Built:
     solver = solvers.from_spec(resolved["solver"], argument="solver")
     outer = _spec(resolved["outer"])
     try:  # the optimizer's own checks (torch's "Invalid momentum value", ...) on a stand-in
-        OuterOptimizer.parse(outer).build([torch.zeros(1, requires_grad=True)])
+        OuterOptimizer.parse(outer).check()
     except BilevelError as error:
         raise config.error(str(error), ("outer",)) from None
     return Built(problem, solver, _spec(resolved["method"]), outer, device, dtype)

@@ -12,7 +12,9 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import operator
+import re
 import typing
 from typing import Annotated, Any, Literal
 
@@ -48,7 +50,8 @@ RUN_LEVEL = ("dtype", "device")
 class Strict(BaseModel):
     """A mapping of known keys: an unknown key is an error that suggests the closest one."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # A non-finite float would not survive the resolved record (JSON): refused here.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -135,7 +138,7 @@ class OuterSpec(BaseModel):
     """The outer optimizer: a `torch.optim` optimizer by lower-case name (or clipped-gd,
     normalized-gd) with its constructor options, `clip` (global norm) and `schedule`."""
 
-    model_config = ConfigDict(extra="allow", validate_default=True)
+    model_config = ConfigDict(extra="allow", validate_default=True, allow_inf_nan=False)
     name: str = Field(description="an optimizer's name (`bilevel list`); its options beside")
     clip: float | None = Field(None, gt=0, description="clip h's gradient to this global norm")
     schedule: str | dict | None = Field(None, description="a learning-rate schedule: name or "
@@ -143,8 +146,11 @@ class OuterSpec(BaseModel):
 
     @model_validator(mode="after")
     def _parses(self):
+        for key, value in (self.model_extra or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
         try:
-            OuterOptimizer.parse(self.model_dump(), "outer")
+            OuterOptimizer.parse(self.model_dump(), "outer").check()
         except BilevelError as error:
             raise ValueError(str(error).removeprefix("outer: ")) from None
         return self
@@ -182,8 +188,17 @@ class PythonProblem(Strict):
     """A `BilevelProblem` subclass of the user's: "package.module:ClassName" (importable
     from the working directory or the config's folder) and its constructor arguments."""
 
-    python: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="package.module:ClassName")
+    python: str = Field(description="package.module:ClassName")
     args: dict[str, Any] = Field({}, description="the constructor's keyword arguments")
+
+    @model_validator(mode="after")
+    def _module_path(self):
+        if not re.fullmatch(r"\w+(\.\w+)*:\w+(\.\w+)*", self.python):
+            relative = " (a relative module path, with a leading dot, cannot be imported " \
+                       "here)" if self.python.startswith(".") else ""
+            raise ValueError(f"python must be package.module:ClassName{relative}, got "
+                             f"{self.python!r}")
+        return self
 
 
 def _composed_model():
