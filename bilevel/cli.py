@@ -15,8 +15,7 @@ import argparse
 import json
 import sys
 
-import bilevel
-from bilevel import config
+from bilevel import __version__, config
 from bilevel.blocks import losses, models, sources
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
@@ -99,7 +98,7 @@ def show(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="bilevel", description=__doc__.split("\n\n")[0])
-    top.add_argument("--version", action="version", version=f"bilevel {bilevel.__version__}")
+    top.add_argument("--version", action="version", version=f"bilevel {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
     def with_config(name, help):
