@@ -16,6 +16,7 @@ start.
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -146,6 +147,29 @@ def check_usable(path: Path) -> None:
                                 "choose an empty or new directory")
 
 
+def log_scale(name: str, values) -> bool:
+    """Whether a metric's plot takes a log axis: its values are all > 0 and span more than a
+    factor 10, and it is not a fraction such as an accuracy (in [0, 1])."""
+    if "accuracy" in name or not values or min(values) <= 0:
+        return False
+    return max(values) > 10 * min(values)
+
+
+def draw(axis, name: str, points: list) -> None:
+    """One metric's (step, value) points on `axis`: integer step ticks, non-finite values
+    left out, a log axis where `log_scale` says."""
+    from matplotlib.ticker import MaxNLocator
+
+    points = [(step, value) for step, value in points if math.isfinite(value)]
+    if points:
+        axis.plot(*zip(*points, strict=True), marker="." if len(points) < 50 else None)
+    if log_scale(name, [value for _, value in points]):
+        axis.set_yscale("log")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set(xlabel="outer step", title=name)
+    axis.grid(alpha=0.3)
+
+
 def plot(directory: Path, history: list) -> None:
     """loss.png (loss and hypergradient norm) and eval.png (every "eval_*" metric)."""
     import matplotlib
@@ -160,12 +184,7 @@ def plot(directory: Path, history: list) -> None:
         fig, axes = pyplot.subplots(1, len(names), figsize=(4.5 * len(names), 3.5),
                                     squeeze=False)
         for axis, name in zip(axes[0], names, strict=True):
-            points = [(r["step"], r[name]) for r in history if name in r]
-            axis.plot(*zip(*points, strict=True), marker="." if len(points) < 50 else None)
-            if all(value > 0 for _, value in points):
-                axis.set_yscale("log")
-            axis.set(xlabel="outer step", title=name)
-            axis.grid(alpha=0.3)
+            draw(axis, name, [(r["step"], r[name]) for r in history if name in r])
         fig.suptitle(title)
         fig.tight_layout()
         fig.savefig(directory / filename, dpi=100)
