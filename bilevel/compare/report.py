@@ -88,9 +88,9 @@ def plot(path: Path, curves: dict, title: str) -> None:
                           color=line.get_color(), label=f"{name}: diverged or clipped")
     axes[0].set_xlabel("inner gradient evaluations (+ HVPs)")
     axes[1].set_xlabel("wall seconds")
-    for axis in axes:
+    for axis in axes:  # a margin above the clip, so that its marks show whole
         axis.set_yscale(scale)
-        axis.set_ylim(bottom, top)
+        axis.set_ylim(bottom, top * 2 if scale == "log" else top + 0.05 * (top - bottom))
         axis.set_ylabel("best validation loss so far")
         axis.legend()
     figure.suptitle(title)

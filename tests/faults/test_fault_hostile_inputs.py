@@ -276,6 +276,9 @@ def test_repeated_few_shot_classes_are_refused(capsys):
     message = one_line_error(capsys, "validate", config, "--set",
                              "problem.source.split.classes=[0, 1, 2, 3, 3]")
     assert "each class once, but [3] repeat(s)" in message
+    message = one_line_error(capsys, "validate", config, "--set",
+                             "problem.source.split.test_classes=[5, 6, 7, 8]")
+    assert "classes and test_classes share [5]" in message
 
 
 # Misleading messages -------------------------------------------------------------------------
