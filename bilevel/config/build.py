@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -59,6 +60,20 @@ def _spec(value) -> dict:
 
 
 def build_problem(config: Config, dtype, device) -> BilevelProblem:
+    """The config's problem; one that cannot be allocated (a size of 1e12 somewhere in its
+    block) is a ConfigError at `problem` saying how much it asked for."""
+    try:
+        return _problem(config, dtype, device)
+    except RuntimeError as error:  # torch.OutOfMemoryError too
+        asked = re.search(r"tried to allocate ([\d.]+ ?\w*)", str(error))
+        if asked is None and not isinstance(error, torch.OutOfMemoryError):
+            raise
+        amount = f" ({asked.group(1)})" if asked else ""
+        raise config.error(f"building the problem needs more memory than {device} has"
+                           f"{amount}: one of its sizes is too large", ("problem",)) from None
+
+
+def _problem(config: Config, dtype, device) -> BilevelProblem:
     spec = _spec(config.resolved["problem"])
     if "python" in spec:
         return _python_problem(config, spec, dtype, device)

@@ -106,6 +106,15 @@ def test_absurd_sizes_are_refused_before_any_work(capsys, override, fragment):
     assert fragment in message
 
 
+@pytest.mark.parametrize(("example", "override"), [
+    ("breast_cancer.yaml", "problem.model={name: mlp, widths: [1000000000000]}"),
+    ("digits_anil.yaml", "problem.source.split.test_tasks=1000000000000"),
+])
+def test_any_size_of_a_problem_that_cannot_be_allocated(capsys, example, override):
+    message = one_line_error(capsys, "validate", str(EXAMPLES / example), "--set", override)
+    assert "problem: building the problem needs more memory than cpu has" in message
+
+
 def test_the_largest_documented_sizes_stay_accepted():
     assert checks.integer("steps", checks.MAX_STEPS, maximum=checks.MAX_STEPS) == 10**9
     with pytest.raises(InvalidInputError, match="steps must be at most 1,000,000,000"):
