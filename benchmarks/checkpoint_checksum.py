@@ -7,6 +7,12 @@ one thread; the state is a real one after 3 steps (h, adam's moments, generators
 REPEATS rounds, alternating which save goes first; "median_paired_extra_s" is the median over
 rounds of (with - without), "share_of_step" that over the median step. Prints JSON.
 Run: .venv/bin/python benchmarks/checkpoint_checksum.py
+Measured 2026-12-03 (2-core shared CPU, load 3-5, torch CPU): a 31 kB state; the digest alone
+0.39 ms, the paired extra of a save 0.47 ms against a step of 37 ms: 1.3% of a step when
+checkpointing every step (an earlier run of 30 rounds under load 5, its fsyncs 4x slower:
+1.8 ms extra, digest 0.55 ms, 3.2%). A run that checkpoints only at the end pays it once.
+The digest grows with the history (every logged value is in it): with 1000 steps of 26
+values it takes 14 ms, against 25 ms for torch.save of the same state.
 """
 
 import json
@@ -25,7 +31,7 @@ import bilevel  # noqa: E402
 from bilevel.training import checkpoint  # noqa: E402
 from problems.sinusoid import Sinusoid  # noqa: E402
 
-REPEATS, TASKS = 30, 25
+REPEATS, TASKS = 100, 25
 SOLVER = bilevel.solvers.GD(lr=0.01, steps=10)
 
 

@@ -25,32 +25,35 @@ from bilevel.errors import RunDirectoryError
 
 FILENAME = "checkpoint.pt"
 CHECKSUM = "checksum"
+_SCALARS = {float, int, str, bool, type(None)}
 
 
 def content_digest(state: dict) -> str:
-    """"sha256:<hex>" of `state` without its CHECKSUM entry: tensors by dtype, shape and
-    bytes, dicts in key order, other values by type and repr (floats round-trip exactly)."""
-    digest = hashlib.sha256()
+    """"sha256:<hex>" of `state` without its CHECKSUM entry: the repr of its structure (dicts
+    in their order, which a save and load keeps; tensors as dtype and shape), then every
+    tensor's bytes in that order (floats' reprs round-trip exactly, so any changed value
+    changes the digest)."""
+    tensors = []
 
-    def feed(value) -> None:
+    def skeleton(value):
+        if type(value) in _SCALARS:  # most of the history: no call per value
+            return value
         if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().contiguous()
-            digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-            if value.numel():
-                digest.update(value.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(value, dict):
-            digest.update(f"D{len(value)}".encode())
-            for key in sorted(value, key=repr):
-                digest.update(f"K{key!r}".encode())
-                feed(value[key])
-        elif isinstance(value, list | tuple):
-            digest.update(f"L{len(value)}".encode())
-            for item in value:
-                feed(item)
-        else:
-            digest.update(f"V{type(value).__name__}:{value!r};".encode())
+            tensors.append(value)
+            return ("tensor", str(value.dtype), tuple(value.shape))
+        if isinstance(value, dict):
+            return ("dict", [(k, v if type(v) in _SCALARS else skeleton(v))
+                             for k, v in value.items()])
+        if isinstance(value, list | tuple):
+            return [skeleton(item) for item in value]
+        return value
 
-    feed({k: v for k, v in state.items() if k != CHECKSUM})
+    digest = hashlib.sha256(repr(skeleton({k: v for k, v in state.items()
+                                           if k != CHECKSUM})).encode())
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return "sha256:" + digest.hexdigest()
 
 
