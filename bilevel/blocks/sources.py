@@ -367,13 +367,13 @@ class CsvFile(_TableFile):
 
     def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
-            with path.open(newline="", encoding="utf-8") as file:
+            with path.open(newline="", encoding="utf-8-sig") as file:  # a BOM is no column name
                 rows = list(csv.reader(file, delimiter=self.delimiter))
         except OSError as error:
             raise InvalidInputError(f"path: cannot read {path}: {error.strerror}") from None
         except UnicodeDecodeError as error:
-            raise InvalidInputError(f"path: {path} is not UTF-8 text (byte {error.start}: "
-                                    f"{error.reason}); save it as UTF-8") from None
+            raise InvalidInputError(f"path: {path} is not UTF-8 text ({error.reason}); save it "
+                                    "as UTF-8") from None
         except csv.Error as error:
             raise InvalidInputError(f"path: {path} is not a readable .csv file: {error}") \
                 from None

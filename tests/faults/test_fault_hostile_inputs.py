@@ -144,6 +144,9 @@ def test_a_csv_not_in_utf8_is_named(tmp_path, capsys):
     config = tmp_path / "config-latin.yaml"
     config.write_bytes((EXAMPLES / "quadratic.yaml").read_bytes() + "# é\n".encode("latin-1"))
     assert "not UTF-8 text" in one_line_error(capsys, "validate", str(config))
+    bom = write_rows(tmp_path / "bom.csv", breast_cancer_rows(), encoding="utf-8-sig")
+    x, _ = CsvFile(str(bom), target="mean_radius").read(bom)  # a BOM stays accepted
+    assert x.shape == (569, 30)
 
 
 def test_odd_delimiters_are_named(tmp_path, capsys):
