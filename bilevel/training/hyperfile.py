@@ -20,6 +20,7 @@ import torch
 from bilevel import strict_json
 from bilevel.errors import RunDirectoryError
 from bilevel.training import checkpoint
+from bilevel.tree import tree_map
 
 FILENAME = "hyper.json"
 SHOWN = 6  # a leaf with more values is summarised by `describe`
@@ -37,7 +38,7 @@ def hyper_record(h: dict, step: int) -> dict:
     """The content of hyper.json for hyperparameters `h` at `step`."""
     record = {"step": step, "h": _leaves(h)}
     if "log_lam" in h:
-        record["lam"] = _leaves(torch.utils._pytree.tree_map(torch.exp, h["log_lam"]))
+        record["lam"] = _leaves(tree_map(torch.exp, h["log_lam"]))
     return record
 
 
