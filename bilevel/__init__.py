@@ -7,6 +7,8 @@ and the registry `bilevel.solvers.solvers`; likewise `bilevel.estimators.estimat
 `bilevel.optimizers.schedules`, `bilevel.problem.problems`.
 """
 
+from importlib import metadata
+
 from bilevel import estimators, regularizers, solvers
 from bilevel.config import load_config
 from bilevel.devices import resolve_device, resolve_dtype
@@ -23,6 +25,11 @@ from bilevel.inner import at_inner_solutions, outer_loss, solve_inner
 from bilevel.problem import BilevelProblem
 from bilevel.problem_view import ProblemView
 from bilevel.training import Callback, MetaTrainResult, RunSpec, meta_train, optimizers
+
+try:
+    __version__ = metadata.version("bilevel")
+except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "at_inner_solutions",

@@ -3,18 +3,23 @@
 import dataclasses
 import math
 import numbers
+import os
+import stat
 from typing import Any, ClassVar
 
 from bilevel.errors import InvalidInputError
 
 
 def option(doc: str, default: Any = dataclasses.MISSING, *, minimum: int | None = None,
-           above: float | None = None, resumable: bool = False) -> Any:
+           maximum: int | None = None, above: float | None = None,
+           resumable: bool = False) -> Any:
     """A dataclass field that is a user's option: `doc` its meaning (the YAML reference
-    prints it), `minimum` (integers) or `above` (numbers, exclusive) its bound, for the
-    config schema; `resumable`: a resumed run may change it (run options only)."""
+    prints it), `minimum` and `maximum` (integers) or `above` (numbers, exclusive) its
+    bounds, checked by `in_bounds` and in the config schema; `resumable`: a resumed run may
+    change it (run options only)."""
     return dataclasses.field(default=default, metadata={
-        "doc": doc, "minimum": minimum, "above": above, "resumable": resumable})
+        "doc": doc, "minimum": minimum, "maximum": maximum, "above": above,
+        "resumable": resumable})
 
 
 class Options:
@@ -44,7 +49,8 @@ def in_bounds(options, prefix: str = "") -> None:
         if value is None and field.default is None:
             continue
         if meta.get("minimum") is not None:
-            integer(prefix + field.name, value, minimum=meta["minimum"])
+            integer(prefix + field.name, value, minimum=meta["minimum"],
+                    maximum=meta.get("maximum"))
         elif meta.get("above") is not None:
             above(prefix + field.name, value, meta["above"])
 
@@ -65,11 +71,44 @@ def positive(name: str, value) -> float:
     return float(value)
 
 
-def integer(name: str, value, minimum: int = 0) -> int:
-    """An int >= minimum."""
+# Documented maxima of a run's counts (docs/config.md): a billion outer steps or a million
+# tasks in one batch are already far beyond any run of this library; larger values are typos
+# (1e12 for 1e2) that would otherwise run for ever or fail deep inside torch.
+MAX_STEPS = 10**9
+MAX_TASKS = 10**6
+# torch's generators take seeds in [0, 2^64).
+MAX_SEED = 2**64 - 1
+
+
+def integer(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
+    """An int >= minimum (and <= maximum, where given)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InvalidInputError(f"{name} must be at most {maximum:,}, got {value!r}")
     return int(value)
+
+
+def seed(name: str, value) -> int:
+    """A seed torch's generators accept: an int in [0, 2^64 - 1]."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > MAX_SEED:
+        raise InvalidInputError(f"{name} must be an integer in [0, 2^64 - 1] (torch's "
+                                f"generators take 64-bit seeds), got {value!r}")
+    return integer(name, value)
+
+
+def not_regular(path) -> str | None:
+    """What `path` is when it exists but is not a regular file ("a FIFO", "a directory",
+    ...), else None: reading a FIFO or a device blocks or never ends. Looked at with stat,
+    which does not open it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: the read that follows says so
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), None)
 
 
 def optional_positive(name: str, value) -> float | None:

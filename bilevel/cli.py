@@ -5,15 +5,17 @@ every mistake in a config or an argument is one message on stderr and exit statu
     bilevel compare CONFIG [--set ...] [--out DIR] [--storage URL] [--only optuna|bilevel]
     bilevel validate CONFIG [--set ...]
     bilevel gradcheck CONFIG [--set ...] [--methods a,b] [--reference exact|closed-form]
+    bilevel show RUN_DIR
     bilevel schema [--markdown]
     bilevel list
+    bilevel --version
 """
 
 import argparse
 import json
 import sys
 
-from bilevel import config
+from bilevel import __version__, config
 from bilevel.blocks import losses, models, sources
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators import estimators
@@ -21,6 +23,7 @@ from bilevel.gradcheck import gradcheck_table
 from bilevel.problem import problems
 from bilevel.regularizers import regularizers
 from bilevel.solvers import solvers
+from bilevel.training.hyperfile import describe
 from bilevel.training.optimizers import optimizers, schedules
 
 REGISTRIES = (problems, sources, models, losses, estimators, solvers, regularizers, optimizers,
@@ -88,8 +91,14 @@ def gradcheck(args) -> int:
     return 0
 
 
+def show(args) -> int:
+    print(describe(args.run_dir))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="bilevel", description=__doc__.split("\n\n")[0])
+    top.add_argument("--version", action="version", version=f"bilevel {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
     def with_config(name, help):
@@ -121,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--methods", help="comma-separated estimator names (default: all)")
     command.add_argument("--reference", choices=["exact", "closed-form"], default="exact")
     command.add_argument("--repeats", type=int, default=3, help="timed runs per estimator")
+    command = commands.add_parser("show", help="a run's status, final metrics and learned "
+                                               "hyperparameters")
+    command.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
     command = commands.add_parser("schema", help="the JSON Schema of run configs, for editors")
     command.add_argument("--markdown", action="store_true",
                          help="the reference of every key instead (docs/config.md)")
@@ -130,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": run, "compare": compare, "validate": validate, "gradcheck": gradcheck,
-            "schema": print_schema, "list": list_units}
+            "show": show, "schema": print_schema, "list": list_units}
 
 
 def main(argv=None) -> int:

@@ -40,6 +40,26 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 THREADS_VARIABLE = "BILEVEL_THREADS"
+# More threads than this many per CPU core only add synchronisation; far more (100000) crash
+# torch's thread pool (a segfault), so they are refused.
+THREADS_PER_CORE = 4
+
+
+def memory_bytes(device: torch.device) -> int:
+    """The memory of `device`: the GPU's total memory, or the machine's physical RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(what: str, needed: int, device) -> None:
+    """An InvalidInputError when `what` needs more bytes than `device` has in all, before
+    torch tries to allocate them (and fails deep inside, or swaps for hours)."""
+    device = torch.device(device)
+    available = memory_bytes(device)
+    if needed > available:
+        raise InvalidInputError(f"{what} needs {needed / 2**30:,.3g} GiB, more than the "
+                                f"{available / 2**30:,.3g} GiB of memory of {device}")
 
 
 def threads(requested: int | None = None) -> int:
@@ -58,6 +78,11 @@ def threads(requested: int | None = None) -> int:
                 f"{THREADS_VARIABLE} must be a whole number >= 1, got {variable!r}") from None
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise InvalidInputError(f"threads must be a whole number >= 1, got {requested!r}")
+    cores = os.cpu_count() or 1
+    if requested > THREADS_PER_CORE * cores:
+        raise InvalidInputError(f"threads must be at most {THREADS_PER_CORE} x this machine's "
+                                f"{cores} CPU cores = {THREADS_PER_CORE * cores}, got "
+                                f"{requested!r}")
     return requested
 
 

@@ -40,7 +40,7 @@ class LinearDigits(BilevelProblem):
         x, y = digits(dtype, self.device)
         n_test = checks.integer("1797 - n_train - n_val (test images)",
                                 len(y) - n_train - n_val, minimum=1)
-        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
+        generator = torch.Generator().manual_seed(checks.seed("seed", seed))
         train, val, test = random_split(len(y), (n_train, n_val, n_test), generator)
         x_train, x_val, x_test = standardize(x[train], x[val], x[test])
         self.data = {"x": x_train, "y": y[train], "xv": x_val, "yv": y[val]}

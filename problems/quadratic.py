@@ -22,6 +22,7 @@ import torch
 from torch.func import vmap
 
 from bilevel import BilevelProblem, InvalidInputError, checks
+from bilevel.devices import check_memory
 
 
 class Quadratic(BilevelProblem):
@@ -36,7 +37,10 @@ class Quadratic(BilevelProblem):
         self.lam_init = checks.positive("lam", lam)
         self.n_tasks = checks.integer("n_tasks", n_tasks, minimum=1)
         self.dtype, self.device = dtype, torch.device(device)
-        generator = torch.Generator().manual_seed(seed)
+        matrices = 2 if distinct_val else 1  # float64 while drawn, then in dtype
+        check_memory("the task pool (n_tasks x dim x dim)",
+                     matrices * self.n_tasks * self.dim**2 * 8, self.device)
+        generator = torch.Generator().manual_seed(checks.seed("seed", seed))
         self.pool = {"A": self._matrices(generator), "b": self._vectors(generator)}
         if distinct_val:
             self.pool |= {"C": self._matrices(generator), "d": self._vectors(generator)}

@@ -39,7 +39,7 @@ class Ridge(BilevelProblem):
         self.noise = checks.positive("noise", noise)
         self.lam_init = checks.positive("lam", lam)
         self.dtype, self.device = dtype, torch.device(device)
-        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
+        generator = torch.Generator().manual_seed(checks.seed("seed", seed))
         informative = torch.arange(features) < (features + 1) // 2
         w_true = torch.randn(features, generator=generator, dtype=dtype) * informative
         self.data = {}

@@ -61,7 +61,7 @@ class SharedDecoder(BilevelProblem):
             raise InvalidInputError(f"learn_lam must be True or False, got {learn_lam!r}")
         self.learn_lam = learn_lam
         self.dtype, self.device = dtype, torch.device(device)
-        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
+        generator = torch.Generator().manual_seed(checks.seed("seed", seed))
         teacher = init_mlp((1, TEACHER_HIDDEN, code), generator, dtype, self.device)
         self.teacher = teacher | {"w0": TEACHER_SHARPNESS * teacher["w0"]}
         self.code_mean = torch.randn(code, generator=generator, dtype=dtype).to(self.device)

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = [
-    {"errors", "checks", "registry", "tree", "devices", "info", "compiled"},
+    {"errors", "checks", "registry", "tree", "devices", "info", "compiled", "strict_json"},
     {"problem", "problem_checks", "problem_view", "solvers", "regularizers", "inner", "blocks"},
     {"estimators", "hypergradient", "gradcheck"},
     {"training", "testing"},

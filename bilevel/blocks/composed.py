@@ -83,7 +83,7 @@ class ComposedProblem(BilevelProblem):
         if len(shared) == sum(len(names) for names in layers):
             raise InvalidInputError("shared_layers: every layer is shared; at least one must be "
                                     "adapted per task")
-        generator = torch.Generator().manual_seed(checks.integer("seed", seed))
+        generator = torch.Generator().manual_seed(checks.seed("seed", seed))
         self.start = model.init(self.tasks.inputs, self.tasks.outputs, generator, dtype,
                                 self.device)
         self.shared = [name for name in self.start if name in shared]

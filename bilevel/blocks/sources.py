@@ -72,17 +72,40 @@ def _check_kind(kind: str, y: np.ndarray, where: str) -> str:
     return checks.one_of("kind", kind, KINDS)
 
 
+def finite_cells(table: np.ndarray, where: str, columns, first_row: int = 0,
+                 row_name: str = "row") -> None:
+    """An InvalidInputError naming the first NaN or infinite cell of `table` (rows, columns)
+    by its column (`columns`: the names) and row (counted from `first_row`)."""
+    cells = table.reshape(len(table), -1)
+    bad = np.argwhere(~np.isfinite(cells))
+    if len(bad):
+        row, column = bad[0]
+        raise InvalidInputError(f"{where}: {row_name} {row + first_row}, column "
+                                f"{columns[column]!r} holds {cells[row, column]} ({len(bad)} "
+                                "cell(s) not finite in all); the data must be finite numbers")
+
+
 def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, device,
                 where: str, test: tuple | None = None) -> Tasks:
     """`Tasks` from a table: x (rows, features), y (rows,) or (rows, outputs); `test`: the
     (x, y) rows that the data set itself holds out, which then are the test set (no task
-    drawn from x, y sees them)."""
+    drawn from x, y sees them). Refused when empty, without a feature column, with a NaN or
+    infinite cell, or a single class."""
+    if len(x) == 0 or x.shape[1] == 0:
+        raise InvalidInputError(f"{where}: the table has {len(x)} rows and {x.shape[1]} feature "
+                                "columns; it needs at least one of each")
+    finite_cells(x, where, [f"feature {j}" for j in range(x.shape[1])])
+    finite_cells(y, where, ["target"] * (1 if y.ndim == 1 else y.shape[1]))
     kind = _check_kind(kind, y, where)
     rows = len(y)
     if test is not None:
         x, y = np.concatenate([x, test[0]]), np.concatenate([y, test[1]])
     if kind == "classification":
-        _, y = np.unique(y, return_inverse=True)
+        classes, y = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise InvalidInputError(f"{where}: the target has a single class "
+                                    f"({classes[0]:g}) in all {len(y)} rows: nothing to "
+                                    "classify")
         target = torch.as_tensor(y.reshape(-1), dtype=torch.int64, device=device)
         outputs = int(target.max()) + 1
     else:
@@ -115,7 +138,11 @@ def _options(cls, options: dict, where: str) -> dict:
 
 def _count(name: str, value, rows: int) -> int:
     if isinstance(value, float) and 0 < value < 1:
-        return int(round(value * rows))
+        count = int(round(value * rows))
+        if count < 1:
+            raise InvalidInputError(f"{name}: {value} of the {rows} rows is no row; it needs "
+                                    "at least one")
+        return count
     return checks.integer(name, value, minimum=1)
 
 
@@ -161,7 +188,7 @@ class Holdout:
         if n_train + n_val + n_test > rows:
             raise InvalidInputError(f"split: train + val + test = {n_train + n_val + n_test} "
                                     f"rows, but the table has only {rows}")
-        generator = torch.Generator().manual_seed(checks.integer("split seed", self.seed))
+        generator = torch.Generator().manual_seed(checks.seed("split seed", self.seed))
         sizes = (n_train, n_val, 0 if held_out is not None else n_test)
         train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
         test_x, test_y = (x[test], y[test]) if held_out is None else held_out
@@ -224,6 +251,15 @@ class FewShot:
         return Tasks("classification", x.shape[1], ways, sample, test)
 
     def _rows(self, x, y, classes, outputs, option):
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        if repeated:
+            raise InvalidInputError(f"split {option}: each class once, but {repeated} "
+                                    f"repeat(s) in {classes!r}")
+        if self.test_classes is not None and option == "classes":
+            shared = sorted(set(classes) & set(self.test_classes))
+            if shared:
+                raise InvalidInputError(f"split: classes and test_classes share {shared}; "
+                                        "test classes must be unseen")
         if len(classes) < self.ways or not set(classes) <= set(range(outputs)):
             raise InvalidInputError(f"split {option}: need at least ways={self.ways} of the labels "
                                     f"0..{outputs - 1}, got {classes!r}")
@@ -292,6 +328,32 @@ class SklearnDataset:
         return table_tasks(x, y, kind, self.split, dtype, device, f"dataset {self.dataset}")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _numeric(arrays, key: str, option: str, path) -> np.ndarray:
+    """Array `key` of an .npz file as float64; object, string and other non-numeric arrays
+    are refused (object arrays would need pickle, which may run code)."""
+    try:
+        array = arrays[key]
+    except ValueError as error:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise InvalidInputError(f"{option}: array {key!r} of {path} cannot be read ({error}); "
+                                "save numbers, not Python objects") from None
+    if array.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{option}: array {key!r} of {path} holds {array.dtype} values, "
+                                "not numbers (bool, int or float)")
+    array = array.astype(np.float64)
+    if array.ndim in (1, 2):  # other shapes are refused with both arrays' shapes
+        columns = [key] if array.ndim == 1 else [f"{key}[:, {j}]" for j in range(array.shape[1])]
+        finite_cells(array, f"{option}: {path}", columns)
+    return array
+
+
 def _target_column(header: list[str], target, path) -> int:
     if isinstance(target, int) and not isinstance(target, bool):
         if -len(header) <= target < len(header):
@@ -315,6 +377,9 @@ class _TableFile:
     split: dict = dataclasses.field(default_factory=dict)
 
     def load(self, dtype, device) -> Tasks:
+        kind = checks.not_regular(self.path)
+        if kind is not None:
+            raise InvalidInputError(f"path: {self.path} is {kind}, not a regular file")
         x, y = self.read(Path(self.path))
         return table_tasks(x, y, self.kind, self.split, dtype, device, self.path)
 
@@ -329,24 +394,49 @@ class CsvFile(_TableFile):
     target: str | int = -1
     delimiter: str = ","
 
+    def __post_init__(self):
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1 or \
+                self.delimiter in '"\r\n' or self.delimiter.isalnum():
+            raise InvalidInputError(f"delimiter must be one character other than a letter, a "
+                                    f"digit, a quote or a line break, got {self.delimiter!r}")
+
     def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
-            with path.open(newline="") as file:
+            with path.open(newline="", encoding="utf-8-sig") as file:  # a BOM is no column name
                 rows = list(csv.reader(file, delimiter=self.delimiter))
         except OSError as error:
             raise InvalidInputError(f"path: cannot read {path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(f"path: {path} is not UTF-8 text ({error.reason}); save it "
+                                    "as UTF-8") from None
+        except csv.Error as error:
+            raise InvalidInputError(f"path: {path} is not a readable .csv file: {error}") \
+                from None
         if len(rows) < 2:
             raise InvalidInputError(f"path: {path} needs a header row and at least one data row")
         header, body = rows[0], rows[1:]
+        if len(header) == 1:
+            try:
+                found = csv.Sniffer().sniff("\n".join(",".join(r) for r in rows[:5])).delimiter
+            except csv.Error:
+                found = None
+            if found not in (None, self.delimiter):
+                raise InvalidInputError(f"path: {path} has a single column with delimiter "
+                                        f"{self.delimiter!r}; it looks separated by {found!r}: "
+                                        f"set the source's delimiter: {found!r}")
         for number, row in enumerate(body, start=2):
             if len(row) != len(header):
                 raise InvalidInputError(f"path: {path} line {number} has {len(row)} values, but "
                                         f"the header has {len(header)} columns")
         try:
             table = np.array(body, dtype=np.float64)
-        except ValueError as error:
-            raise InvalidInputError(f"path: {path} holds a value that is not a number ({error})") \
-                from None
+        except ValueError:
+            number, row = next((n, r) for n, r in enumerate(body, start=2)
+                               if not all(_is_number(cell) for cell in r))
+            column = next(j for j, cell in enumerate(row) if not _is_number(cell))
+            raise InvalidInputError(f"path: {path} line {number}, column {header[column]!r}: "
+                                    f"{row[column][:40]!r} is not a number") from None
+        finite_cells(table, f"path: {path}", header, first_row=2, row_name="line")
         column = _target_column(header, self.target, path)
         return np.delete(table, column, axis=1), table[:, column]
 
@@ -365,13 +455,17 @@ class NpzFile(_TableFile):
             arrays = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise InvalidInputError(f"path: cannot read {path} as .npz: {error}") from None
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise InvalidInputError(f"path: {path} is a single .npy array, not an .npz archive "
+                                    "of arrays x and y")
         for option, key in (("x", self.x), ("y", self.y)):
             if key not in arrays:
                 raise InvalidInputError(f"{option}: {path} has no array {key!r}; it has "
                                         f"{', '.join(arrays.files)}")
-        x, y = np.asarray(arrays[self.x], dtype=np.float64), np.asarray(arrays[self.y])
+        x, y = (_numeric(arrays, key, option, path) for option, key in (("x", self.x),
+                                                                         ("y", self.y)))
         if x.ndim != 2 or len(y) != len(x):
             raise InvalidInputError(f"path: in {path}, {self.x!r} must be (rows, features) and "
                                     f"{self.y!r} have one value per row; got shapes {x.shape} "
                                     f"and {y.shape}")
-        return x, y.astype(np.float64)
+        return x, y

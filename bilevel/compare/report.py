@@ -1,10 +1,10 @@
 """What a comparison leaves in its run directory: compare.json (curves and table),
 compare.md (the table), compare.png (the curves)."""
 
-import json
 import math
 from pathlib import Path
 
+from bilevel import strict_json
 from bilevel.training.rundir import write_atomically
 
 COLUMNS = [("side", "side", "{}"), ("best_val_loss", "best val loss", "{:.4g}"),
@@ -42,25 +42,55 @@ def markdown(table: list[dict]) -> str:
 
 def write(directory: Path, curves: dict, table: list[dict], meta: dict) -> None:
     record = meta | {"table": table, "curves": {k: c.as_dict() for k, c in curves.items()}}
-    write_atomically(directory / "compare.json", json.dumps(record, indent=2) + "\n")
+    write_atomically(directory / "compare.json", strict_json.dumps(record, indent=2) + "\n")
     write_atomically(directory / "compare.md", markdown(table))
     plot(directory / "compare.png", curves, meta.get("title", ""))
 
 
+# The plot's y axis ends this many times above the worst final value of the sides (a log
+# axis) so that a diverged first trial (2.75e251) does not flatten every curve.
+CLIP = 1e3
+
+
+def y_range(curves: dict) -> tuple[str, float, float]:
+    """(scale, bottom, top) of compare.png's y axis: log where every finite best value is
+    > 0, else linear; from the smallest best value to CLIP times the largest final one (a
+    linear axis: that plus CLIP times their spread), never beyond the largest value."""
+    finite = [b for c in curves.values() for b in c.best if math.isfinite(b)]
+    if not finite:
+        return "linear", 0.0, 1.0
+    finals = [c.best[-1] for c in curves.values() if c.best and math.isfinite(c.best[-1])]
+    low, high = min(finite), max(finite)
+    if low > 0:
+        return "log", low / 1.5, min(high, CLIP * max(finals)) * 1.5
+    spread = max(max(finals) - low, abs(low), 1e-12)
+    return "linear", low - 0.05 * spread, min(high, max(finals) + CLIP * spread) + 0.05 * spread
+
+
 def plot(path: Path, curves: dict, title: str) -> None:
-    """Best validation loss so far against cost (left) and wall seconds (right)."""
+    """Best validation loss so far against cost (left) and wall seconds (right), the y axis
+    of `y_range` (values above it drawn at its top); points whose own value is not finite or
+    above the top (diverged trials) are marked with an x at the top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scale, bottom, top = y_range(curves)
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, curve in curves.items():
-        axes[0].step(curve.cost, curve.best, where="post", label=name)
-        axes[1].step(curve.seconds, curve.best, where="post", label=name)
+        best = [min(b, top) for b in curve.best]
+        diverged = [i for i, v in enumerate(curve.values) if not math.isfinite(v) or v > top]
+        for axis, x in ((axes[0], curve.cost), (axes[1], curve.seconds)):
+            line, = axis.step(x, best, where="post", label=name)
+            if diverged:
+                axis.plot([x[i] for i in diverged], [top] * len(diverged), "x",
+                          color=line.get_color(), label=f"{name}: diverged or clipped")
     axes[0].set_xlabel("inner gradient evaluations (+ HVPs)")
     axes[1].set_xlabel("wall seconds")
-    for axis in axes:
+    for axis in axes:  # a margin above the clip, so that its marks show whole
+        axis.set_yscale(scale)
+        axis.set_ylim(bottom, top * 2 if scale == "log" else top + 0.05 * (top - bottom))
         axis.set_ylabel("best validation loss so far")
         axis.legend()
     figure.suptitle(title)

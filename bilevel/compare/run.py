@@ -15,7 +15,7 @@ import optuna
 from bilevel.compare.bilevel_side import run_bilevel
 from bilevel.compare.report import rows, write
 from bilevel.compare.space import fixed_values, leaves_under, parameter_names
-from bilevel.compare.study import budget_of, run_optuna, study_curve
+from bilevel.compare.study import budget_of, run_optuna, sampler_seed, study_curve
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import Built, build
@@ -43,6 +43,7 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
                            ("search",))
     if only not in SIDES:
         raise InvalidInputError(f"only must be one of {', '.join(SIDES)}, got {only!r}")
+    sampler_seed(config.resolved["seed"], worker)  # before any work
     directory = run_directory(config, out)
     _record(directory, config.resolved | {"out": str(directory)})
     built = build(config)

@@ -4,6 +4,7 @@ does, and record what they cost; workers start trials until the study has spent 
 budget."""
 
 import math
+import os
 import sys
 import time
 import warnings
@@ -18,6 +19,8 @@ from bilevel.errors import InvalidInputError
 # A worker that dies leaves its trial RUNNING; with a heartbeat, the next worker marks it
 # failed once it has been silent for GRACE seconds (RDB storages).
 HEARTBEAT, GRACE = 5, 30
+# NumPy's (so Optuna's) sampler seeds are below 2^32; a study's trials add up to this many.
+SAMPLER_SEEDS, TRIALS_SEEDS = 2**32, 2**20
 OPEN_ATTEMPTS = 5
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
@@ -32,7 +35,16 @@ def storage(url: str | None, directory: Path):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        path = Path(url.removeprefix("journal:"))
+        if not path.parent.is_dir():
+            raise InvalidInputError(f"storage {url!r}: the folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise InvalidInputError(f"storage {url!r}: cannot write in the folder {path.parent}")
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as error:
+            raise InvalidInputError(f"storage {url!r}: cannot write the journal file "
+                                    f"({error.strerror})") from None
     for attempt in range(OPEN_ATTEMPTS):
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4, 5
@@ -47,6 +59,23 @@ def storage(url: str | None, directory: Path):
                 raise InvalidInputError(f"storage {url!r}: cannot open it as an Optuna storage "
                                         f"({type(error).__name__}: {error})") from None
             time.sleep(0.2 * (attempt + 1))
+
+
+def sampler_seed(seed: int, worker: int) -> int:
+    """The sampler's seed of `worker` in a study seeded with `seed` (before adding the trials
+    already run): seed + 1000 worker, which must stay below 2^32 - TRIALS_SEEDS (NumPy's seeds
+    are 32-bit); an InvalidInputError naming the worker or the seed otherwise."""
+    if not isinstance(worker, int) or isinstance(worker, bool) or worker < 0:
+        raise InvalidInputError(f"worker must be an integer >= 0, got {worker!r}")
+    limit = SAMPLER_SEEDS - TRIALS_SEEDS
+    if seed >= limit:
+        raise InvalidInputError(f"seed must be below {limit:,} for `bilevel compare` "
+                                f"(Optuna's samplers take 32-bit seeds), got {seed!r}")
+    if seed + 1000 * worker >= limit:
+        raise InvalidInputError(f"worker must be at most {(limit - 1 - seed) // 1000:,} with "
+                                f"seed {seed} (the sampler's seed, seed + 1000 worker, must "
+                                f"stay below {limit:,}), got {worker!r}")
+    return seed + 1000 * worker
 
 
 def sampler(name: str, seed: int):
@@ -82,7 +111,7 @@ def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker
     study = optuna.create_study(study_name=name, storage=storage(url, directory),
                                 direction="minimize", load_if_exists=True,
                                 pruner=pruner(search["pruner"]))
-    seed = config.resolved["seed"] + 1000 * worker + len(study.trials)
+    seed = sampler_seed(config.resolved["seed"], worker) + len(study.trials)
     study.sampler = sampler(search["sampler"], seed)
     objective = Trial(config, built, search, directory / "trials", worker)
     unit, budget = budget_of(search)

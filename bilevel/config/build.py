@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -45,13 +46,27 @@ def build(config: Config) -> Built:
     problem = build_problem(config, dtype, device)
     spec = RunSpec(**{key: resolved[key] for key in OPTIONS})
     try:  # the optimizer's own checks (torch's "Invalid momentum value", ...) on a stand-in
-        spec.outer.build([torch.zeros(1, requires_grad=True)])
+        spec.outer.check()
     except BilevelError as error:
         raise config.error(str(error), ("outer",)) from None
     return Built(problem, spec, device, dtype)
 
 
 def build_problem(config: Config, dtype, device) -> BilevelProblem:
+    """The config's problem; one that cannot be allocated (a size of 1e12 somewhere in its
+    block) is a ConfigError at `problem` saying how much it asked for."""
+    try:
+        return _problem(config, dtype, device)
+    except RuntimeError as error:  # torch.OutOfMemoryError too
+        asked = re.search(r"tried to allocate ([\d.]+ ?\w*)", str(error))
+        if asked is None and not isinstance(error, torch.OutOfMemoryError):
+            raise
+        amount = f" ({asked.group(1)})" if asked else ""
+        raise config.error(f"building the problem needs more memory than {device} has"
+                           f"{amount}: one of its sizes is too large", ("problem",)) from None
+
+
+def _problem(config: Config, dtype, device) -> BilevelProblem:
     spec = config.resolved["problem"]
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     if "python" in spec:

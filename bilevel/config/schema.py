@@ -11,7 +11,9 @@ bare name where it needs no options (`method: fo-bmaml`).
 import dataclasses
 import functools
 import inspect
+import math
 import operator
+import re
 import typing
 from typing import Annotated, Any, Literal
 
@@ -26,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from bilevel import checks
 from bilevel.blocks import models as model_blocks
 from bilevel.blocks import sources
 from bilevel.blocks.composed import LAM_SHAPES
@@ -63,7 +66,8 @@ def dataclass_fields(cls, types: dict | None = None) -> dict[str, tuple]:
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
         meta = field.metadata
-        bounds = {key: meta[name] for key, name in (("ge", "minimum"), ("gt", "above"))
+        bounds = {key: meta[name] for key, name in (("ge", "minimum"), ("le", "maximum"),
+                                                    ("gt", "above"))
                   if meta.get(name) is not None}
         fields[field.name] = (types.get(field.name, hints.get(field.name, Any)), Field(
             ... if default is dataclasses.MISSING else default, description=meta.get("doc"),
@@ -147,7 +151,7 @@ class OuterSpec(BaseModel):
     """The outer optimizer: a `torch.optim` optimizer by lower-case name (or clipped-gd,
     normalized-gd) with its constructor options, `clip` (global norm) and `schedule`."""
 
-    model_config = ConfigDict(extra="allow", validate_default=True)
+    model_config = ConfigDict(extra="allow", validate_default=True, allow_inf_nan=False)
     name: str = Field(description="an optimizer's name (`bilevel list`); its options beside")
     clip: float | None = Field(None, gt=0, description="clip h's gradient to this global norm")
     schedule: str | dict | None = Field(None, description="a learning-rate schedule: name or "
@@ -155,8 +159,11 @@ class OuterSpec(BaseModel):
 
     @model_validator(mode="after")
     def _parses(self):
+        for key, value in (self.model_extra or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
         try:
-            OuterOptimizer.parse(self.model_dump(), "outer")
+            OuterOptimizer.parse(self.model_dump(), "outer").check()
         except BilevelError as error:
             raise ValueError(str(error).removeprefix("outer: ")) from None
         return self
@@ -166,8 +173,17 @@ class PythonProblem(Strict):
     """A `BilevelProblem` subclass of the user's: "package.module:ClassName" (importable
     from the working directory or the config's folder) and its constructor arguments."""
 
-    python: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="package.module:ClassName")
+    python: str = Field(description="package.module:ClassName")
     args: dict[str, Any] = Field({}, description="the constructor's keyword arguments")
+
+    @model_validator(mode="after")
+    def _module_path(self):
+        if not re.fullmatch(r"\w+(\.\w+)*:\w+(\.\w+)*", self.python):
+            relative = " (a relative module path, with a leading dot, cannot be imported " \
+                       "here)" if self.python.startswith(".") else ""
+            raise ValueError(f"python must be package.module:ClassName{relative}, got "
+                             f"{self.python!r}")
+        return self
 
 
 def _composed_model():
@@ -200,7 +216,8 @@ def _composed_model():
                           "per-example: one learned weight sigmoid(h['example_logit'][i]) per "
                           "training example in the training loss (data hyper-cleaning; needs "
                           "a holdout split)"),
-        seed=(int, Field(0, ge=0, description="seed of the model's initialisation")),
+        seed=(int, Field(0, ge=0, le=checks.MAX_SEED,
+                         description="seed of the model's initialisation")),
     )
 
 

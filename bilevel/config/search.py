@@ -18,6 +18,7 @@ The leaves of h that `space` leaves out are meta-trained in every trial (the hyb
 `run` ignores this block.
 """
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -63,6 +64,9 @@ class Range(Strict):
                              f"high={self.high})")
         if self.scale == "log" and self.low <= 0:
             raise ValueError(f"a log scale needs low > 0, got low={self.low}")
+        if self.type == "int" and math.ceil(self.low) > math.floor(self.high):
+            raise ValueError(f"type int needs an integer in [low, high], but there is none "
+                             f"in [{self.low}, {self.high}]")
         return self
 
 

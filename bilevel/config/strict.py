@@ -9,7 +9,8 @@ from pydantic_core import PydanticCustomError
 class Strict(BaseModel):
     """A mapping of known keys: an unknown key is an error that suggests the closest one."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # A non-finite float would not survive the resolved record (JSON): refused here.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -7,8 +7,15 @@ global ones (as uint8 tensors), the history of logged records and the wall time
 spent. It is written to a temporary file in the same directory, then renamed over
 the previous one (`os.replace`, atomic), so a kill at any moment leaves the previous
 checkpoint or the new one, never a torn file.
+
+Integrity: the dict also holds "checksum", the SHA-256 of its content (`content_digest`:
+every tensor's dtype, shape and bytes, every other value's repr, in a fixed order), so the
+file stays a plain `torch.load`-able dict. `load` recomputes it and refuses a checkpoint
+whose content changed on disk (one float of h is enough) or that holds none, before the
+run writes anything, so the damaged file is left as it is for inspection.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +24,37 @@ import torch
 from bilevel.errors import RunDirectoryError
 
 FILENAME = "checkpoint.pt"
+CHECKSUM = "checksum"
+_SCALARS = {float, int, str, bool, type(None)}
+
+
+def content_digest(state: dict) -> str:
+    """"sha256:<hex>" of `state` without its CHECKSUM entry: the repr of its structure (dicts
+    in their order, which a save and load keeps; tensors as dtype and shape), then every
+    tensor's bytes in that order (floats' reprs round-trip exactly, so any changed value
+    changes the digest)."""
+    tensors = []
+
+    def skeleton(value):
+        if type(value) in _SCALARS:  # most of the history: no call per value
+            return value
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+            return ("tensor", str(value.dtype), tuple(value.shape))
+        if isinstance(value, dict):
+            return ("dict", [(k, v if type(v) in _SCALARS else skeleton(v))
+                             for k, v in value.items()])
+        if isinstance(value, list | tuple):
+            return [skeleton(item) for item in value]
+        return value
+
+    digest = hashlib.sha256(repr(skeleton({k: v for k, v in state.items()
+                                           if k != CHECKSUM})).encode())
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + digest.hexdigest()
 
 
 def rng_states(generators: dict) -> dict:
@@ -38,7 +76,9 @@ def set_rng_states(generators: dict, states: dict) -> None:
 
 
 def save(directory: Path, state: dict) -> Path:
-    """Write `state` to directory/checkpoint.pt atomically."""
+    """Write `state` with its checksum to directory/checkpoint.pt atomically."""
+    state = {k: v for k, v in state.items() if k != CHECKSUM}
+    state[CHECKSUM] = content_digest(state)
     path = Path(directory) / FILENAME
     temporary = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
     try:
@@ -54,11 +94,20 @@ def save(directory: Path, state: dict) -> Path:
 
 
 def load(directory: Path) -> dict:
-    """The checkpoint in `directory`, tensors on the CPU."""
+    """The checkpoint in `directory`, tensors on the CPU, its checksum verified; a
+    RunDirectoryError naming the file if it is missing, unreadable or damaged."""
     path = Path(directory) / FILENAME
     if not path.is_file():
         raise RunDirectoryError(f"resume=True, but {path} does not exist: no checkpoint to resume")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise RunDirectoryError(f"{path} is not a readable checkpoint: {error}") from None
+    if not isinstance(state, dict) or CHECKSUM not in state:
+        raise RunDirectoryError(f"{path} is not a checkpoint of bilevel: it records no "
+                                "checksum; it was left untouched")
+    if state[CHECKSUM] != content_digest(state):
+        raise RunDirectoryError(f"{path} is damaged: its content does not match its checksum "
+                                f"({state[CHECKSUM]}); it was left untouched, refusing to "
+                                "resume from it")
+    return state

@@ -13,6 +13,7 @@ up front; `.build(params)` returns the optimizer and the scheduler (or None).
 
 import dataclasses
 import re
+import warnings
 
 import torch
 from torch.optim import lr_scheduler
@@ -159,9 +160,28 @@ class OuterOptimizer:
             return optimizer, None
         try:
             scheduler = schedules.get(self.schedule.name)(optimizer, **self.schedule.options)
-        except (TypeError, ValueError, KeyError) as error:
+        except (TypeError, ValueError, KeyError, ZeroDivisionError) as error:
             raise InvalidInputError(f"schedule {self.schedule.name!r}: {error}") from None
         return optimizer, scheduler
+
+    def check(self) -> None:
+        """Build on a stand-in parameter and take two steps, so that what fails only when
+        stepped (a schedule with a step size of 0) fails now, naming the schedule."""
+        parameter = torch.zeros(1, requires_grad=True)
+        optimizer, scheduler = self.build([parameter])
+        if scheduler is None:
+            return
+        parameter.grad = torch.zeros(1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(2):
+                    optimizer.step()
+                    scheduler.step()
+        except (ZeroDivisionError, ValueError, TypeError, OverflowError) as error:
+            raise InvalidInputError(f"schedule {self.schedule.name!r} with "
+                                    f"{self.schedule.options}: fails at its first step "
+                                    f"({type(error).__name__}: {error})") from None
 
     def as_dict(self) -> dict:
         """The settings as written in a config: {"name": ..., **options, "clip": ...}."""

@@ -1,6 +1,7 @@
 """The run directory: what a run leaves on disk besides its checkpoint.
 
     settings.json   the resolved settings (seed included)
+    hyper.json      the learned hyperparameters, readable (`write_hyper`)
     metrics.jsonl   one JSON record per outer step
     summary.json    status and final numbers, written when the run stops
     loss.png        loss and hypergradient norm against the step
@@ -16,10 +17,13 @@ start.
 import fcntl
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
+from bilevel import strict_json
 from bilevel.errors import RunDirectoryError
+from bilevel.training import checkpoint, hyperfile
 from bilevel.training.spec import RESUMABLE
 
 # Settings that may change when a run is resumed: the run options that may (RunSpec's), how
@@ -28,7 +32,7 @@ RESUMABLE_CHANGES = RESUMABLE | {"world_size", "torch"}
 # What the library writes in a run directory: this module, the checkpoint, and `bilevel run`
 # (config.yaml, the record of the run, and test.json); temporary files start with ".".
 OWN_FILES = {"settings.json", "metrics.jsonl", "summary.json", "loss.png", "eval.png",
-             "checkpoint.pt", "config.yaml", "test.json"}
+             "checkpoint.pt", "config.yaml", "test.json", "hyper.json"}
 LOCK_FILE = ".lock"  # hidden: not a file of the run's results
 
 
@@ -44,6 +48,13 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_hyper(directory: Path, h: dict, step: int) -> Path:
+    """directory/hyper.json: `h` at `step`, readable (`bilevel.training.hyperfile`)."""
+    path = Path(directory) / hyperfile.FILENAME
+    write_atomically(path, hyperfile.hyper_text(h, step))
+    return path
 
 
 class RunDirectory:
@@ -92,28 +103,32 @@ class RunDirectory:
         """Record the settings; on resume, check that they match the recorded ones."""
         if resume:
             check_settings(self.path, settings)
-        write_atomically(self.path / "settings.json", json.dumps(settings, indent=2) + "\n")
+        write_atomically(self.path / "settings.json", strict_json.dumps(settings, indent=2) + "\n")
 
     def restart_metrics(self, history: list) -> None:
         """metrics.jsonl holds exactly `history`: records written after the checkpoint that
         a resumed run starts from are dropped, since the run writes them again."""
         path = self.path / "metrics.jsonl"
-        write_atomically(path, "".join(json.dumps(record) + "\n" for record in history))
+        write_atomically(path, "".join(strict_json.dumps(record) + "\n" for record in history))
         self._metrics = path.open("a")
 
     def log(self, record: dict) -> None:
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write(strict_json.dumps(record) + "\n")
         self._metrics.flush()
 
     def finish(self, summary: dict, history: list) -> None:
-        """Write summary.json and the plots; close metrics.jsonl and write it again from the
-        history (whole even if the file was deleted or cut during the run)."""
+        """Write summary.json, hyper.json (from the checkpoint on disk) and the plots; close
+        metrics.jsonl and write it again from the history (whole even if the file was
+        deleted or cut during the run)."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
         write_atomically(self.path / "metrics.jsonl",
-                         "".join(json.dumps(record) + "\n" for record in history))
-        write_atomically(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+                         "".join(strict_json.dumps(record) + "\n" for record in history))
+        write_atomically(self.path / "summary.json", strict_json.dumps(summary, indent=2) + "\n")
+        if (self.path / checkpoint.FILENAME).is_file():
+            saved = checkpoint.load(self.path)
+            write_hyper(self.path, saved["h"], saved["step"])
         plot(self.path, history)
 
 
@@ -124,7 +139,7 @@ def check_settings(directory: Path, settings: dict) -> None:
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
-    current = json.loads(json.dumps(settings))  # tuples become lists, as recorded
+    current = json.loads(strict_json.dumps(settings))  # as recorded: tuples become lists
     changed = differences(recorded, current, RESUMABLE_CHANGES)
     if changed:
         raise RunDirectoryError(f"resume: settings differ from those recorded in {path}: "
@@ -176,6 +191,29 @@ def check_usable(path: Path) -> None:
                                 "choose an empty or new directory")
 
 
+def log_scale(name: str, values) -> bool:
+    """Whether a metric's plot takes a log axis: its values are all > 0 and span more than a
+    factor 10, and it is not a fraction such as an accuracy (in [0, 1])."""
+    if "accuracy" in name or not values or min(values) <= 0:
+        return False
+    return max(values) > 10 * min(values)
+
+
+def draw(axis, name: str, points: list) -> None:
+    """One metric's (step, value) points on `axis`: integer step ticks, non-finite values
+    left out, a log axis where `log_scale` says."""
+    from matplotlib.ticker import MaxNLocator
+
+    points = [(step, value) for step, value in points if math.isfinite(value)]
+    if points:
+        axis.plot(*zip(*points, strict=True), marker="." if len(points) < 50 else None)
+    if log_scale(name, [value for _, value in points]):
+        axis.set_yscale("log")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set(xlabel="outer step", title=name)
+    axis.grid(alpha=0.3)
+
+
 def plot(directory: Path, history: list) -> None:
     """loss.png (loss and hypergradient norm) and eval.png (every "eval_*" metric)."""
     import matplotlib
@@ -190,12 +228,7 @@ def plot(directory: Path, history: list) -> None:
         fig, axes = pyplot.subplots(1, len(names), figsize=(4.5 * len(names), 3.5),
                                     squeeze=False)
         for axis, name in zip(axes[0], names, strict=True):
-            points = [(r["step"], r[name]) for r in history if name in r]
-            axis.plot(*zip(*points, strict=True), marker="." if len(points) < 50 else None)
-            if all(value > 0 for _, value in points):
-                axis.set_yscale("log")
-            axis.set(xlabel="outer step", title=name)
-            axis.grid(alpha=0.3)
+            draw(axis, name, [(r["step"], r[name]) for r in history if name in r])
         fig.suptitle(title)
         fig.tight_layout()
         fig.savefig(directory / filename, dpi=100)

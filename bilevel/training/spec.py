@@ -28,8 +28,8 @@ class Evaluation(checks.Options):
     """Held-out evaluation: `tasks` tasks drawn once, every `every` steps and at the last."""
 
     key, required = "eval", "every"
-    every: int = option("evaluate every this many steps", minimum=1)
-    tasks: int = option("held-out tasks, drawn once", minimum=1)
+    every: int = option("evaluate every this many steps", minimum=1, maximum=checks.MAX_STEPS)
+    tasks: int = option("held-out tasks, drawn once", minimum=1, maximum=checks.MAX_TASKS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,15 +44,17 @@ class RunSpec:
     solver: InnerSolver = option("the inner solver")
     method: Estimator = option("the hypergradient estimator", "fo-bmaml")
     outer: OuterOptimizer = option("the outer optimizer of h", "adam")
-    steps: int = option("outer steps", minimum=1, resumable=True)
-    tasks_per_step: int = option("tasks in each outer step's batch", minimum=1)
+    steps: int = option("outer steps", minimum=1, maximum=checks.MAX_STEPS, resumable=True)
+    tasks_per_step: int = option("tasks in each outer step's batch", minimum=1,
+                                 maximum=checks.MAX_TASKS)
     eval: Evaluation | None = option("held-out evaluation (null: never)", None)
     warm_start: WarmStart | None = option(
         "start each outer step's inner solves from the previous step's (null: from "
         "inner_init)", None)
     hyper_penalty: HyperPenalty | None = option(
         "pull leaves of h toward their mean (null: no penalty)", None)
-    seed: int = option("seeds init_hyper, the task streams and torch", 0, minimum=0)
+    seed: int = option("seeds init_hyper, the task streams and torch", 0, minimum=0,
+                       maximum=checks.MAX_SEED)
     compile: Compilation = option(
         "compile every solve of the run (hypergradients, warm starts, validation, test "
         "metrics) with torch.compile (strict: no eager fallback for what cannot be compiled)",

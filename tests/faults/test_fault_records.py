@@ -1,70 +1,148 @@
-"""The record of a run cannot lie (issue 22): another problem, a run directory in use, a
-resume with fewer steps than done are refused before anything is written."""
+"""The record of a run cannot lie (issue 22): a checkpoint whose bytes changed is refused on
+resume, naming the file, and left as it is; the run's JSON files are strict JSON; what it
+learned is in hyper.json and `bilevel show`."""
 
 import json
+import math
 
 import pytest
-import yaml
+import torch
 
 import bilevel
+from bilevel import strict_json
 from bilevel.cli import main
-from bilevel.training.rundir import RunDirectory
-from problems.quadratic import Quadratic
-
-SOLVER = bilevel.solvers.GD(lr=0.05, steps=10)
-
-
-def train(problem=None, **options):
-    settings = dict(solver=SOLVER, steps=3, tasks_per_step=2, progress=False)
-    return bilevel.meta_train(problem or Quadratic(dim=4, kappa=10.0, n_tasks=4),
-                              **(settings | options))
+from bilevel.compare.curves import Curve
+from bilevel.compare.report import write as write_compare
+from bilevel.training import checkpoint
+from bilevel.training.rundir import RunDirectory, write_hyper
+from tests.test_training import train
 
 
-@pytest.mark.parametrize("other", [{"kappa": 20.0}, {"seed": 1}])
-def test_resume_with_another_problem_is_refused(tmp_path, other):
-    train(out=tmp_path)
-    before = (tmp_path / "checkpoint.pt").read_bytes()
-    with pytest.raises(bilevel.RunDirectoryError, match="Quadratic's tasks differ from those"):
-        train(Quadratic(dim=4, n_tasks=4, **({"kappa": 10.0} | other)), out=tmp_path,
-              steps=4, resume=True)
-    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+def strict_loads(text):
+    """json.loads that fails on NaN / Infinity (which RFC 8259 has not)."""
+    def refuse(word):
+        raise ValueError(f"not strict JSON: {word}")
+    return json.loads(text, parse_constant=refuse)
 
 
-class ShiftedStart(Quadratic):
-    def init_hyper(self, generator=None):
-        h = super().init_hyper(generator)
-        return h | {"theta": {k: v + 1 for k, v in h["theta"].items()}}
+def flip_one_float_of_h(directory):
+    """Change one float of h in the bytes of directory/checkpoint.pt, nothing else."""
+    path = directory / checkpoint.FILENAME
+    saved = torch.load(path, weights_only=True)
+    leaf = torch.utils._pytree.tree_leaves(saved["h"])[0]
+    data, pattern = bytearray(path.read_bytes()), leaf.contiguous().numpy().tobytes()
+    assert data.count(pattern) == 1
+    start = data.index(pattern)
+    data[start:start + leaf.element_size()] = (leaf.reshape(-1)[:1] + 1).numpy().tobytes()
+    path.write_bytes(bytes(data))
+    return path
 
 
-def test_resume_with_another_init_hyper_names_it(tmp_path):
-    train(out=tmp_path)
-    with pytest.raises(bilevel.RunDirectoryError, match=r"problem\.class: .*; "
-                                                        r"problem\.init_hyper: '[0-9a-f]+' "):
-        train(ShiftedStart(dim=4, kappa=10.0, n_tasks=4), out=tmp_path, steps=4, resume=True)
+def test_a_checkpoint_with_one_float_of_h_changed_is_refused_and_kept(tmp_path):
+    train(out=tmp_path, steps=3)
+    path = flip_one_float_of_h(tmp_path)
+    damaged = path.read_bytes()
+    with pytest.raises(bilevel.RunDirectoryError, match=rf"{path} is damaged"):
+        train(out=tmp_path, steps=5, resume=True)
+    assert path.read_bytes() == damaged  # nothing overwrote it
 
 
-def test_a_run_directory_in_use_is_refused(tmp_path):
-    holder = RunDirectory(tmp_path, resume=False)  # as a run in another process holds it
-    try:
-        with pytest.raises(bilevel.RunDirectoryError, match="in use by another run"):
-            train(out=tmp_path)
-    finally:
-        holder.close()
-    train(out=tmp_path)  # released: the run starts
+def test_a_checkpoint_rewritten_with_another_h_but_its_old_checksum_is_refused(tmp_path):
+    train(out=tmp_path, steps=3)
+    path = tmp_path / checkpoint.FILENAME
+    saved = torch.load(path, weights_only=True)
+    saved["h"] = torch.utils._pytree.tree_map(lambda leaf: leaf * 1.5, saved["h"])
+    torch.save(saved, path)  # readable, but its checksum is the old content's
+    with pytest.raises(bilevel.RunDirectoryError, match=rf"{path} is damaged"):
+        train(out=tmp_path, steps=5, resume=True)
+    del saved[checkpoint.CHECKSUM]
+    torch.save(saved, path)
+    with pytest.raises(bilevel.RunDirectoryError, match="records no checksum"):
+        train(out=tmp_path, steps=5, resume=True)
 
 
-def test_resume_with_fewer_steps_than_done_is_refused_and_the_record_kept(tmp_path, capsys):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "problem": {"name": "quadratic", "dim": 4, "kappa": 10.0, "n_tasks": 4},
-        "solver": {"name": "gd", "lr": 0.05, "steps": 10}, "steps": 3, "tasks_per_step": 2,
-        "progress": False}))
-    out = tmp_path / "out"
-    assert main(["run", str(config), "--out", str(out)]) == 0
-    recorded = (out / "config.yaml").read_text()
-    assert main(["run", str(config), "--out", str(out), "--resume", "--set", "steps=2"]) == 2
-    assert "has done 3 steps, more than steps=2" in capsys.readouterr().err
-    assert (out / "config.yaml").read_text() == recorded
-    assert json.loads((out / "settings.json").read_text())["steps"] == 3
-    assert main(["run", str(config), "--out", str(out), "--resume", "--set", "steps=5"]) == 0
-    assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 5
+def test_a_checkpoint_written_through_save_resumes(tmp_path):
+    """What must stay accepted: the library's own writes, after a load round trip."""
+    train(out=tmp_path, steps=2)
+    checkpoint.save(tmp_path, checkpoint.load(tmp_path))
+    assert train(out=tmp_path, steps=3, resume=True).summary["steps_completed"] == 3
+
+
+# Strict JSON --------------------------------------------------------------------------------
+
+
+def test_non_finite_numbers_are_words_and_read_back():
+    text = strict_json.dumps({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": (2, None)})
+    assert strict_loads(text) == {"a": "NaN", "b": ["Infinity", "-Infinity", 1.5],
+                                  "c": [2, None]}
+    assert [float(v) for v in strict_loads(text)["b"][:2]] == [math.inf, -math.inf]
+
+
+def test_metrics_and_summary_with_a_non_finite_metric_are_strict_json(tmp_path):
+    files = RunDirectory(tmp_path, resume=False)
+    files.restart_metrics([])
+    history = [{"step": 1, "loss": 1.0, "eval_ratio": math.inf},
+               {"step": 2, "loss": math.nan}]
+    for record in history:
+        files.log(record)
+    files.finish({"status": "diverged", "last": history[-1]}, history)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [strict_loads(line) for line in lines][1] == {"step": 2, "loss": "NaN"}
+    assert strict_loads((tmp_path / "summary.json").read_text())["last"]["loss"] == "NaN"
+
+
+def test_compare_json_with_a_diverged_first_trial_is_strict_json(tmp_path):
+    curve = Curve("optuna")
+    curve.add(10.0, 0.1, math.nan)  # best so far: +inf until a finite value
+    curve.add(20.0, 0.2, 0.5)
+    write_compare(tmp_path, {"optuna": curve}, [{"side": "optuna", "best_val_loss": 0.5}],
+                  {"title": "t"})
+    record = strict_loads((tmp_path / "compare.json").read_text())
+    assert record["curves"]["optuna"]["best_val_loss"] == ["Infinity", 0.5]
+
+
+# What a run learned ------------------------------------------------------------------------
+
+
+def test_hyper_json_holds_every_leaf_and_lam_as_in_the_checkpoint(tmp_path):
+    result = train(out=tmp_path, steps=3)
+    record = strict_loads((tmp_path / "hyper.json").read_text())
+    saved = checkpoint.load(tmp_path)
+    assert record["step"] == saved["step"] == 3
+    leaves, _ = torch.utils._pytree.tree_flatten(result.h)
+    written = torch.utils._pytree.tree_leaves(
+        record["h"], is_leaf=lambda node: isinstance(node, dict) and "shape" in node)
+    assert len(written) == len(leaves)
+    for leaf, entry in zip(leaves, written, strict=True):
+        assert entry["shape"] == list(leaf.shape)
+        assert torch.equal(torch.tensor(entry["value"], dtype=leaf.dtype), leaf)
+    lam = torch.tensor(record["lam"]["value"], dtype=torch.float64)
+    assert torch.allclose(lam, result.h["log_lam"].double().exp())
+
+
+def test_show_prints_status_metrics_and_hyperparameters(tmp_path, capsys):
+    train(out=tmp_path, steps=2)
+    (tmp_path / "hyper.json").unlink()  # read from the checkpoint then
+    assert main(["show", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "completed after 2 steps" in text and "hyperparameters (step 2)" in text
+    assert "loss" in text
+
+
+def test_show_summarises_big_leaves_and_refuses_a_folder_without_a_run(tmp_path, capsys):
+    big = {"theta": {"w": torch.arange(1000.0)}, "log_lam": torch.zeros(())}
+    write_hyper(tmp_path, big, 7)
+    assert main(["show", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "1000 values: min 0, mean 499.5, max 999" in text and "lam " in text
+    assert "998" not in text
+    assert main(["show", str(tmp_path / "none")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_version_from_the_package_metadata(capsys):
+    from importlib import metadata
+    assert bilevel.__version__ == metadata.version("bilevel")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"bilevel {bilevel.__version__}\n"
