@@ -6,7 +6,6 @@ it in anything but the keys of `RESUMABLE`.
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def run(config: Config, *, out=None, resume: bool = False):
                         callbacks=[_ConfigRecord(resolved)])
     test = test_metrics(built, result.h)
     if test is not None:
-        write_atomically(directory / "test.json", json.dumps(test, indent=2) + "\n")
+        write_atomically(directory / "test.json", strict_json.dumps(test, indent=2) + "\n")
         result.summary["test"] = test
     return result
 
