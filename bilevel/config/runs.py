@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from bilevel import strict_json
 from bilevel.config import yamlfile
 from bilevel.config.build import Built, build
 from bilevel.config.load import Config
