@@ -90,8 +90,12 @@ def read(path) -> tuple[object, dict]:
 
 
 def scalar(text: str):
-    """A `--set key=value` value, read as YAML (so 3, 1e-3, true, [1, 2] and {a: 1} work)."""
+    """A `--set key=value` value, read as YAML (so 3, 1e-3, true, [1, 2] and {a: 1} work),
+    its aliases limited as a file's."""
     try:
+        node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            _walk(node, (), {}, f"--set value {text[:40]!r}", [MAX_NODES])
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
         return text

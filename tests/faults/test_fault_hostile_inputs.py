@@ -66,6 +66,12 @@ def test_a_billion_laughs_file_is_refused_at_once(tmp_path, capsys):
     path = tmp_path / "laughs.yaml"
     path.write_text(LAUGHS)  # 9^9 = 387 million values once expanded
     assert "expands to more than 100,000 values" in one_line_error(capsys, "validate", str(path))
+    laughs = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" + "".join(
+        f", &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefgh", "bcdefghi",
+                                                                 strict=True)) + "]"
+    message = one_line_error(capsys, "validate", str(EXAMPLES / "quadratic.yaml"), "--set",
+                             f"problem.args={laughs}")  # the same in one --set value
+    assert "--set value" in message and "expands to more than 100,000 values" in message
 
 
 def test_aliases_within_the_limit_stay_accepted(tmp_path):
