@@ -1,7 +1,9 @@
 """Where the time of one compiled hypergradient goes, on the sinusoid workload (fomaml, MLP
 1-40-40-1, 25 tasks, 10 GD steps, float32, one CPU thread): the whole call, the estimator
-alone (the rest is `hypergradient`'s input checks), the eager vmaps around the compiled
-chunks (inner init, the solver's start and finish), and from torch.profiler the time
+alone (the rest is `hypergradient`'s input checks), the eager vmaps that once surrounded
+the compiled chunks (inner init, the solver's start and finish: a solve of up to 10 steps
+now compiles them into its one function, a longer one still runs finish eagerly; measured
+standalone), and from torch.profiler the time
 inside the compiled regions and in dynamo's cache lookups (guard checks). Medians of
 --repeats calls, in milliseconds. Prints JSON.
 

@@ -111,16 +111,17 @@ class Compilation:
 EAGER = Compilation()
 
 
-def batch(fn, in_dims, compilation: Compilation):
+def batch(fn, in_dims, compilation: Compilation, name: str | None = None):
     """vmap(fn, in_dims), compiled as `compilation` says: memoised by `fn`'s code and the
     values it captures (which must be hashable: pass tensors as arguments), in_dims, and the
-    compilation's backend and CUDA-graph setting."""
+    compilation's backend and CUDA-graph setting. `name`: what warnings and errors call it
+    (default `describe(fn)`)."""
     batched = vmap(fn, in_dims=in_dims)
     if not compilation.active:
         return batched
     key = (compilation.backend, compilation.cuda_graphs, _function_key(fn), _hashable(in_dims))
     if key not in _cache:
-        _cache[key] = _Compiled(batched, _name(fn), compilation)
+        _cache[key] = _Compiled(batched, name or describe(fn), compilation)
         if len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     _cache.move_to_end(key)
@@ -180,11 +181,11 @@ def _first_tensor(tree):
     return next((leaf for leaf in tree_iter(tree) if isinstance(leaf, torch.Tensor)), None)
 
 
-def _name(fn) -> str:
+def describe(fn) -> str:
     """What a warning calls fn: its qualified name (and a partial's keywords)."""
     if isinstance(fn, functools.partial):
         keywords = ", ".join(f"{key}={value!r}" for key, value in fn.keywords.items())
-        return f"{_name(fn.func)}({keywords})"
+        return f"{describe(fn.func)}({keywords})"
     return getattr(fn, "__qualname__", repr(fn))
 
 

@@ -28,14 +28,14 @@ frozen on its own gradient norm, so the errors cancel only down to about tol.
 import dataclasses
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad
 
 from bilevel import checks, compiled
 from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import BilevelError, DivergenceError
 from bilevel.estimators.base import Estimator, estimators, solve_info
 from bilevel.info import LOSS_KEY, Cost
-from bilevel.inner import solve_batch
+from bilevel.inner import solve_batch, solve_from
 from bilevel.tree import tree_dot, tree_leaves, tree_map, tree_sq_norm
 
 # scheme -> (stencil points as multiples of nu, weights of psi(points) times nu, order)
@@ -200,12 +200,6 @@ class FOBMAML(Estimator):
         nu = torch.as_tensor(self.resolve_nu(leaf.dtype, scale), dtype=leaf.dtype,
                              device=leaf.device).expand(n)  # one step per task
         weights = torch.tensor(weights, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
-        inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-        stencil_solver = solver
-        if self.warm_start_steps is not None:
-            stencil_solver = solver.with_steps(self.warm_start_steps)
-            inits, _ = solve_batch(solver, problem.inner_objective, inits, (h, tasks), (None, 0),
-                                   compilation)
         nus = (torch.tensor(points, dtype=leaf.dtype, device=leaf.device) * nu[:, None]).reshape(-1)
 
         def objective(phi, h, task, nu):
@@ -218,11 +212,21 @@ class FOBMAML(Estimator):
         def each_point(t):  # (n, ...) -> (n * m, ...), task-major
             return t.repeat_interleave(m, dim=0)
 
-        point_tasks = tree_map(each_point, tasks)
-        phis, stats = solve_batch(stencil_solver, objective, tree_map(each_point, inits),
-                                  (h, point_tasks, nus), (None, 0, 0), compilation)
-        psis, val_loss = compiled.batch(psi, (0, None, 0, 0), compilation)(phis, h, point_tasks,
-                                                                            nus)
+        def init(h, task, nu):
+            return problem.inner_init(h, task)
+
+        # Solve and psi of each (task, stencil point) pair in one batch (one compiled
+        # function, init included, when compiling: bilevel.inner.run_steps).
+        points = ((h, tree_map(each_point, tasks), nus), (None, 0, 0), compilation)
+        stencil_solver = solver
+        if self.warm_start_steps is None:
+            (psis, val_loss), stats = solve_batch(solver, objective, init, *points, then=psi)
+        else:
+            stencil_solver = solver.with_steps(self.warm_start_steps)
+            inits, _ = solve_batch(solver, problem.inner_objective, problem.inner_init,
+                                   (h, tasks), (None, 0), compilation)
+            (psis, val_loss), stats = solve_from(stencil_solver, objective,
+                                                 tree_map(each_point, inits), *points, then=psi)
         stats |= val_loss
         _check_finite(psis, stats, nus, self.scheme)
         grads = tree_map(lambda p: torch.tensordot(

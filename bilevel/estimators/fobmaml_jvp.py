@@ -23,7 +23,7 @@ work; the name keeps it in the fo-bmaml family, though it is not first-order.
 import dataclasses
 
 import torch
-from torch.func import grad, grad_and_value, jvp, vjp, vmap
+from torch.func import grad, grad_and_value, jvp, vjp
 
 from bilevel import compiled
 from bilevel.compiled import EAGER, Compilation
@@ -58,20 +58,13 @@ class FOBMAMLJVP(Estimator):
     assumes_converged_inner = True
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
-        inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
-        if solver.stepwise:
-            phi, tangent, stats = _tangent_recursion(problem, h, tasks, solver, inits,
-                                                     compilation)
-        else:
-            phi, tangent, stats = _jvp_through_run(problem, h, tasks, solver, inits, compilation)
-
         def d_psi(phi, tangent, h, task):
             """d_h val_loss(phi_K, h) + d_h d_phi g(phi_K, h) . d phi_K / d nu."""
             (f_h, val_loss), mixed = _direct_and_mixed(problem, phi, tangent, h, task)
             return tree_map(torch.add, f_h, mixed), {LOSS_KEY: val_loss}
 
-        grads, val_loss = compiled.batch(d_psi, (0, 0, None, 0), compilation)(phi, tangent, h,
-                                                                              tasks)
+        solve = _tangent_recursion if solver.stepwise else _jvp_through_run
+        (grads, val_loss), stats = solve(problem, h, tasks, solver, d_psi, compilation)
         grads = tree_map(lambda g: g.mean(0), grads)
         # In derivatives of g: each step, a gradient and its tangent (an HVP); psi's tangent,
         # one mixed product (the gradients of val_loss are not g's).
@@ -89,8 +82,9 @@ def _direct_and_mixed(problem, phi, tangent, h, task):
     return direct, mixed
 
 
-def _tangent_recursion(problem, h, tasks, solver, inits, compilation):
-    """(phi_K, d phi_K / d nu, stats) of every task, for a stepwise solver: each step of the
+def _tangent_recursion(problem, h, tasks, solver, then, compilation):
+    """(then(phi_K, d phi_K / d nu, h, task), stats) of every task, for a stepwise solver
+    (init, steps and `then` in one batched function: `bilevel.inner.run_steps`): each step of the
     solver on G_nu pushed forward in (iterates, nu) at nu = 0, so the tangent d x_k / d nu
     follows its own recursion in the same batched loop as the iterates (for GD,
     t_{k+1} = t_k - lr (H_g(y_k) t_k + d_phi val_loss(y_k))).
@@ -106,8 +100,8 @@ def _tangent_recursion(problem, h, tasks, solver, inits, compilation):
     one gradient of g, one HVP, one gradient of val_loss (at y_k; the term nu * H_val dy_k
     is 0 at nu = 0)."""
 
-    def start(init):
-        x, aux = solver.start(init)
+    def start(h, task):
+        x, aux = solver.start(problem.inner_init(h, task))
         return x, tree_map(torch.zeros_like, x), aux
 
     def step(k, state, h, task):
@@ -147,15 +141,21 @@ def _tangent_recursion(problem, h, tasks, solver, inits, compilation):
         phi, stats = solver.finish(x, aux)
         return phi, tangent[0], stats
 
-    return run_steps(start, step, finish, solver.steps, inits, (h, tasks), (None, 0),
+    def finished(out, h, task):
+        phi, tangent, stats = out
+        return then(phi, tangent, h, task), stats
+
+    return run_steps(start, step, finish, finished, solver.steps, (h, tasks), (None, 0),
                      compilation)
 
 
-def _jvp_through_run(problem, h, tasks, solver, inits, compilation):
-    """(phi_K, d phi_K / d nu, stats) of every task by one jvp in nu through the whole
-    `solver.run` (forward-over-reverse), for a solver that defines no steps."""
+def _jvp_through_run(problem, h, tasks, solver, then, compilation):
+    """(then(phi_K, d phi_K / d nu, h, task), stats) of every task by one jvp in nu through
+    the whole `solver.run` (forward-over-reverse), for a solver that defines no steps."""
 
-    def solve(init, h, task):
+    def solve(h, task):
+        init = problem.inner_init(h, task)
+
         def run(nu):
             def gradient(phi):
                 return perturbed_gradient(problem, phi, h, task, nu, argnum=0)
@@ -166,6 +166,6 @@ def _jvp_through_run(problem, h, tasks, solver, inits, compilation):
         leaf = tree_leaves(init)[0]
         zero = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
         phi, tangent, stats = jvp(run, (zero,), (torch.ones_like(zero),), has_aux=True)
-        return phi, tangent, stats
+        return then(phi, tangent, h, task), stats
 
-    return compiled.batch(solve, (0, None, 0), compilation)(inits, h, tasks)
+    return compiled.batch(solve, (None, 0), compilation)(h, tasks)

@@ -27,13 +27,12 @@ import dataclasses
 import hashlib
 
 import torch
-from torch.func import vmap
 
 from bilevel import checks
 from bilevel.compiled import Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.info import per_task_scalars
-from bilevel.inner import grad_ratio, solve_batch
+from bilevel.inner import grad_ratio, solve_batch, solve_from
 from bilevel.problem_view import ProblemView
 from bilevel.tree import tree_leaves, tree_map
 
@@ -68,12 +67,14 @@ class WarmStart(checks.Options):
         `problem.inner_init` with the solver's steps when `start` is None, in one batch
         compiled as `compile` says (`hypergradient`'s values); `steps` is what each task cost
         in inner gradient evaluations."""
+        compilation = Compilation.of(compile)
         if start is None:
-            start, run = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks), solver
-        else:
-            run = solver.with_steps(self.steps)
-        phi, stats = solve_batch(run, problem.inner_objective, start, (h, tasks), (None, 0),
-                                 Compilation.of(compile))
+            phi, stats = solve_batch(solver, problem.inner_objective, problem.inner_init,
+                                     (h, tasks), (None, 0), compilation)
+            return phi, stats, solver.steps
+        run = solver.with_steps(self.steps)
+        phi, stats = solve_from(run, problem.inner_objective, start, (h, tasks), (None, 0),
+                                compilation)
         return phi, stats, run.steps
 
 
