@@ -3,7 +3,7 @@
 import dataclasses
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bilevel.errors import InvalidInputError
 
@@ -24,6 +24,8 @@ class Options:
 
     key: ClassVar[str]
     required: ClassVar[str]
+    if TYPE_CHECKING:  # what @dataclass gives each subclass (dataclasses.asdict reads it)
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self):
         in_bounds(self, f"{self.key}.")

@@ -12,6 +12,7 @@ import difflib
 from pathlib import Path
 
 import pydantic
+from pydantic_core import ErrorDetails
 
 from bilevel.config import yamlfile
 from bilevel.config.errors import ConfigError, dotted
@@ -113,7 +114,7 @@ def _data_path(loc, data) -> tuple:
     return tuple(path)
 
 
-def _describe(error: dict, data, marks, source) -> str:
+def _describe(error: ErrorDetails, data, marks, source) -> str:
     """One line for one pydantic error: file:line:col: key.path: what was wrong."""
     path = _data_path(error["loc"], data)
     message = error["msg"].removeprefix("Value error, ")

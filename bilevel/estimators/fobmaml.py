@@ -191,7 +191,7 @@ class FOBMAML(Estimator):
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         leaf = tree_leaves(h)[0]
-        points, weights, _ = SCHEMES[self.scheme]
+        points, stencil, _ = SCHEMES[self.scheme]
         m = len(points)
         n = tree_leaves(tasks)[0].shape[0]
         scale = (nu_factor(self.scheme, *problem_scale(problem, h, tasks, compilation))
@@ -199,7 +199,7 @@ class FOBMAML(Estimator):
                  else torch.ones(n, dtype=leaf.dtype, device=leaf.device))
         nu = torch.as_tensor(self.resolve_nu(leaf.dtype, scale), dtype=leaf.dtype,
                              device=leaf.device).expand(n)  # one step per task
-        weights = torch.tensor(weights, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
+        weights = torch.tensor(stencil, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
         inits = vmap(problem.inner_init, in_dims=(None, 0))(h, tasks)
         stencil_solver = solver
         if self.warm_start_steps is not None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TextIO
 
 from bilevel.errors import RunDirectoryError
 from bilevel.training.spec import RESUMABLE
@@ -77,7 +78,7 @@ class RunDirectory:
                                     f"directory ({error.strerror})") from None
         for stray in self.path.glob(".*.tmp"):  # left by a run killed while writing
             stray.unlink(missing_ok=True)
-        self._metrics = None
+        self._metrics: TextIO | None = None  # metrics.jsonl, open from restart_metrics on
 
     def close(self) -> None:
         """Close metrics.jsonl and release the directory's lock."""
@@ -102,6 +103,7 @@ class RunDirectory:
         self._metrics = path.open("a")
 
     def log(self, record: dict) -> None:
+        assert self._metrics is not None, "log() before restart_metrics()"
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
 
