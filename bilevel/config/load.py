@@ -9,6 +9,8 @@ run directory keeps as config.yaml (the one record of the run).
 import copy
 import dataclasses
 import difflib
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pydantic
@@ -39,7 +41,7 @@ class Config:
                            path=path, where=_line(self.marks, path))
 
 
-def load_config(path, overrides=()) -> Config:
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
     """Read, override (`"key.path=value"` strings) and validate the YAML config at `path`."""
     data, marks = yamlfile.read(path)
     return from_dict(data, file=Path(path), marks=marks, overrides=overrides)

@@ -14,6 +14,7 @@ and prints; everything it calls is a pure function of tensors.
 
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ from bilevel import devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, per_task_name
+from bilevel.problem import BilevelProblem
 from bilevel.training import checkpoint, distributed
 from bilevel.training import warm_start as warm_starts
 from bilevel.training.callbacks import Callback
@@ -55,7 +57,8 @@ class MetaTrainResult:
     summary: dict
 
 
-def meta_train(problem, spec: RunSpec | None = None, *, out=None, resume: bool = False,
+def meta_train(problem: BilevelProblem, spec: RunSpec | None = None, *,
+               out: str | os.PathLike | None = None, resume: bool = False,
                callbacks: Sequence[Callback] = (), **options) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() as `spec` says (a `RunSpec`), or as the keyword
     `options` say, which build one: `meta_train(problem, solver=..., method=..., steps=...,
