@@ -115,7 +115,7 @@ class InnerSolver(abc.ABC):  # noqa: B024
     def with_steps(self, steps: int) -> "InnerSolver":
         if not dataclasses.is_dataclass(self):
             raise TypeError(f"{type(self).__qualname__} is not a dataclass: it must define "
-                            f"with_steps")
+                            "with_steps")
         return dataclasses.replace(self, steps=steps)
 
     @property
