@@ -5,7 +5,7 @@ import math
 import numbers
 import os
 import stat
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bilevel.errors import InvalidInputError
 
@@ -29,6 +29,8 @@ class Options:
 
     key: ClassVar[str]
     required: ClassVar[str]
+    if TYPE_CHECKING:  # what @dataclass gives each subclass (dataclasses.asdict reads it)
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self):
         in_bounds(self, f"{self.key}.")
@@ -84,14 +86,15 @@ def integer(name: str, value, minimum: int = 0, maximum: int | None = None) -> i
     """An int >= minimum (and <= maximum, where given)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and int(value) > maximum:
         raise InvalidInputError(f"{name} must be at most {maximum:,}, got {value!r}")
     return int(value)
 
 
 def seed(name: str, value) -> int:
     """A seed torch's generators accept: an int in [0, 2^64 - 1]."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > MAX_SEED:
+    if (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) > MAX_SEED):
         raise InvalidInputError(f"{name} must be an integer in [0, 2^64 - 1] (torch's "
                                 f"generators take 64-bit seeds), got {value!r}")
     return integer(name, value)

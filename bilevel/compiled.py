@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch.func import vmap
@@ -132,10 +133,13 @@ class _Compiled:
     """A compiled function that turns eager, with one warning, if compiling fails; called
     as (strict, *args)."""
 
+    failure: str | None  # why compiling failed; None until it does
+
     def __init__(self, fn, name: str, compilation: Compilation):
         self.eager, self.name, self.failure = fn, name, None
         self.backend, self.cuda_graphs = compilation.backend, compilation.cuda_graphs
-        self.by_graphs = {}  # compiled fn by whether it replays CUDA graphs, made when first needed
+        # The compiled fn by whether it replays CUDA graphs, made when first needed.
+        self.by_graphs: dict[bool, Callable] = {}
 
     def __call__(self, strict: bool, *args):
         if self.failure is None:
@@ -163,9 +167,9 @@ class _Compiled:
 
     def _compiled(self, graphs: bool):
         if graphs not in self.by_graphs:
-            mode = {"mode": "reduce-overhead"} if graphs else {}
-            self.by_graphs[graphs] = torch.compile(self.eager, fullgraph=True, dynamic=False,
-                                                   backend=self.backend, **mode)
+            self.by_graphs[graphs] = torch.compile(
+                self.eager, fullgraph=True, dynamic=False, backend=self.backend,
+                mode="reduce-overhead" if graphs else None)
         return self.by_graphs[graphs]
 
     def _replays_cuda_graphs(self, args) -> bool:

@@ -35,7 +35,8 @@ class DivergenceError(BilevelError):
 
     def __init__(self, step: int, quantity: str, note: str = "", problem: str = "is not finite"):
         super().__init__(f"diverged at step {step}: {quantity} {problem}{note}")
-        self.step, self.quantity = step, quantity
+        self.step: int | None = step  # None in subclasses: outside any outer step
+        self.quantity = quantity
 
 
 class NonFiniteTasksError(BilevelError):

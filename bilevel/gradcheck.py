@@ -11,6 +11,7 @@ from bilevel.errors import InvalidInputError
 from bilevel.estimators import as_estimator, estimators
 from bilevel.hypergradient import hypergradient
 from bilevel.problem import BilevelProblem
+from bilevel.solvers import InnerSolver
 from bilevel.tree import relative_error, tree_leaves, tree_structure
 
 COLUMNS = (  # (row key, header, format)
@@ -24,7 +25,7 @@ COLUMNS = (  # (row key, header, format)
 )
 
 
-def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver,
+def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | str | dict,
               methods: list[str] | None = None, reference: str | dict = "exact",
               options: dict[str, dict] | None = None, repeats: int = 3) -> list[dict]:
     """Run each estimator on (problem, h, tasks, solver) and compare it with a reference.

@@ -19,13 +19,14 @@ from bilevel.problem_checks import (
     check_values,
     warn_if_unregularized,
 )
-from bilevel.solvers import as_solver
+from bilevel.solvers import InnerSolver, as_solver
 from bilevel.tree import detach, keystr, tree_leaves, tree_leaves_with_path, tree_map
 
 ON_NON_FINITE = ("raise", "drop", "keep")
 
 
-def hypergradient(problem: BilevelProblem, h: dict, tasks, *, solver,
+def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
+                  solver: InnerSolver | str | dict,
                   method: str | Estimator = "fo-bmaml", on_non_finite: str = "raise",
                   compile: bool | str | Compilation = False, **options) -> tuple[dict, Info]:
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.

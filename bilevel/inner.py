@@ -1,12 +1,15 @@
 """The inner problem of one task and the outer objective it defines."""
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch.func import grad, vmap
 
 from bilevel import compiled
 from bilevel.compiled import EAGER, Compilation
+from bilevel.problem import BilevelProblem
+from bilevel.solvers import InnerSolver
 from bilevel.tree import tree_leaves, tree_map
 
 # Inner steps per compiled call. Each call of compiled code costs ~0.1 ms on CPU (dynamo
@@ -15,15 +18,21 @@ from bilevel.tree import tree_leaves, tree_map
 UNROLL = 5
 
 
-def solve_inner(problem, h, task, solver, init=None):
+def solve_inner(problem: BilevelProblem, h: dict, task, solver: InnerSolver,
+                init: dict | None = None) -> tuple[dict, dict]:
     """phi*(h) = argmin_phi g(phi, h) for one task (eq. 15), by `solver` from
     `init` (default `problem.inner_init`). Returns (phi, solver stats)."""
     if init is None:
         init = problem.inner_init(h, task)
-    return solver.run(grad(lambda phi: problem.inner_objective(phi, h, task)), init)
+
+    def objective(phi: dict) -> torch.Tensor:
+        return problem.inner_objective(phi, h, task)
+
+    return solver.run(grad(objective), init)
 
 
-def at_inner_solutions(metric, problem, h, tasks, solver, *, with_stats: bool = False,
+def at_inner_solutions(metric: Callable, problem: BilevelProblem, h: dict, tasks,
+                       solver: InnerSolver, *, with_stats: bool = False,
                        compilation: Compilation = EAGER):
     """metric(phi*_i(h), h, task_i) for every task of the batch `tasks`, the inner problems
     solved in one vmapped batch (compiled as `compilation` says, init, solve and metric in
@@ -144,7 +153,8 @@ def grad_ratio(stats: dict) -> torch.Tensor | None:
     return torch.where(start > 0, stats["grad_norm"] / start.clamp_min(1e-300), 0.0)
 
 
-def outer_loss(problem, h, tasks, solver, *, compilation: Compilation = EAGER) -> torch.Tensor:
+def outer_loss(problem: BilevelProblem, h: dict, tasks, solver: InnerSolver, *,
+               compilation: Compilation = EAGER) -> torch.Tensor:
     """F(h) = mean over tasks of val_loss(phi*_i(h), h, task_i) (eq. 5), solves batched."""
     return at_inner_solutions(problem.val_loss, problem, h, tasks, solver,
                               compilation=compilation).mean()

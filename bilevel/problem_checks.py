@@ -25,10 +25,10 @@ from bilevel.tree import keystr, tree_flatten, tree_leaves, tree_leaves_with_pat
 
 # Problems already checked, each with the signatures (structure, shapes, dtypes) of the
 # (h, task) it was checked on: meta_train calls hypergradient every step with the same.
-_checked = weakref.WeakKeyDictionary()
-_warned_unregularized = weakref.WeakSet()
+_checked: weakref.WeakKeyDictionary[BilevelProblem, set] = weakref.WeakKeyDictionary()
+_warned_unregularized: weakref.WeakSet[BilevelProblem] = weakref.WeakSet()
 # Each problem's init_hyper(), with torch.Size leaves in place of its tensors.
-_expected_hyper = weakref.WeakKeyDictionary()
+_expected_hyper: weakref.WeakKeyDictionary[BilevelProblem, dict] = weakref.WeakKeyDictionary()
 
 # Fragments of torch.func's messages, and what each means for a problem's author.
 _KNOWN_FAULTS = (

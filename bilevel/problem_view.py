@@ -19,11 +19,32 @@ problem's.
 import abc
 import functools
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
+
+
+def _method_forwarder(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    parameters = tuple(inspect.signature(method).parameters)[1:]  # without self
+
+    def forward(self, *args, **kwargs):
+        mapped = tuple(self._argument(p, a) for p, a in zip(parameters, args, strict=False))
+        kwargs = {key: self._argument(key, value) for key, value in kwargs.items()}
+        return getattr(self.problem, name)(*mapped, *args[len(parameters):], **kwargs)
+
+    # updated=(): not the method's __dict__, whose __isabstractmethod__ would make it abstract.
+    return functools.update_wrapper(forward, method, updated=())
+
+
+def _attribute_forwarder(name: str) -> property:
+    def read(self: "ProblemView") -> Any:
+        return getattr(self.problem, name)
+
+    return property(read, doc=f"The wrapped problem's {name}.")
 
 
 class ProblemView(BilevelProblem):
@@ -73,6 +94,12 @@ class ProblemView(BilevelProblem):
         """The wrapped problem's task (or batch of tasks) of the view's `task`."""
         return task["task"] if self.start else task
 
+    # The abstract members, forwarded like the others but named here: a type checker does not
+    # run `_forward_problem_members`, and would take the view for an abstract class.
+    sample_tasks = _method_forwarder("sample_tasks", BilevelProblem.sample_tasks)
+    train_loss = _method_forwarder("train_loss", BilevelProblem.train_loss)
+    val_loss = _method_forwarder("val_loss", BilevelProblem.val_loss)
+
     def init_hyper(self, generator: torch.Generator | None = None) -> dict:
         return self.learned(self.problem.init_hyper(generator))
 
@@ -103,21 +130,8 @@ def _forward_problem_members(cls: type) -> None:
         if inspect.isfunction(member):
             setattr(cls, name, _method_forwarder(name, member))
         else:
-            setattr(cls, name, property(lambda self, name=name: getattr(self.problem, name),
-                                        doc=f"The wrapped problem's {name}."))
+            setattr(cls, name, _attribute_forwarder(name))
     abc.update_abstractmethods(cls)
-
-
-def _method_forwarder(name: str, method):
-    parameters = tuple(inspect.signature(method).parameters)[1:]  # without self
-
-    def forward(self, *args, **kwargs):
-        mapped = tuple(self._argument(p, a) for p, a in zip(parameters, args, strict=False))
-        kwargs = {key: self._argument(key, value) for key, value in kwargs.items()}
-        return getattr(self.problem, name)(*mapped, *args[len(parameters):], **kwargs)
-
-    # updated=(): not the method's __dict__, whose __isabstractmethod__ would make it abstract.
-    return functools.update_wrapper(forward, method, updated=())
 
 
 _forward_problem_members(ProblemView)

@@ -6,7 +6,7 @@ with a message that lists the valid ones.
 """
 
 import inspect
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from bilevel.errors import InvalidInputError
 
@@ -35,7 +35,7 @@ class Registry:
         self.kind = kind
         self._entries: dict = {}
         self._group = entry_points
-        self._declared = None  # name -> EntryPoint, read once
+        self._declared: dict[str, EntryPoint] | None = None  # read once
 
     def register(self, name: str):
         """Decorator: `@estimators.register("fo-bmaml")`."""

@@ -13,6 +13,7 @@ solution as `init`.
 
 import abc
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,7 +25,8 @@ from bilevel.tree import tree_leaves, tree_map, tree_sq_norm
 solvers = Registry("solver")
 
 
-class InnerSolver(abc.ABC):
+# B024: abstract by contract (`run`, or `start`, `step` and `finish`), no one method abstract.
+class InnerSolver(abc.ABC):  # noqa: B024
     """What an inner solver provides; subclass it (usually as a frozen dataclass of the
     solver's options, registered with `@solvers.register(name)`).
 
@@ -69,11 +71,21 @@ class InnerSolver(abc.ABC):
             checks the claim).
     """
 
-    steps: int
-    # lr is annotated only: a class attribute here would be every dataclass subclass's
-    # default for its own lr field; `__getattr__` supplies the default instead.
-    lr: float | None
-    linear_steps: bool = False
+    if TYPE_CHECKING:
+        # Read-only to a type checker: a subclass may make each a dataclass field, a class
+        # attribute or a property (CountingSolver forwards them).
+        @property
+        def steps(self) -> int: ...
+        @property
+        def lr(self) -> float | None: ...
+        @property
+        def linear_steps(self) -> bool: ...
+    else:
+        steps: int
+        # lr is annotated only: a class attribute here would be every dataclass subclass's
+        # default for its own lr field; `__getattr__` supplies the default instead.
+        lr: float | None
+        linear_steps: bool = False
 
     def __getattr__(self, name: str):
         if name == "lr":
@@ -101,6 +113,9 @@ class InnerSolver(abc.ABC):
         raise NotImplementedError(f"{type(self).__qualname__} implements neither run nor finish")
 
     def with_steps(self, steps: int) -> "InnerSolver":
+        if not dataclasses.is_dataclass(self):
+            raise TypeError(f"{type(self).__qualname__} is not a dataclass: it must define "
+                            "with_steps")
         return dataclasses.replace(self, steps=steps)
 
     @property

@@ -8,6 +8,7 @@ import of the private one: the rest of `bilevel` imports its pytree functions fr
 
 import torch
 from torch.utils._pytree import (
+    MappingKey,
     keystr,
     tree_flatten,
     tree_flatten_with_path,
@@ -19,7 +20,7 @@ from torch.utils._pytree import (
     tree_unflatten,
 )
 
-__all__ = ["detach", "keystr", "ravel", "relative_error", "tree_dot", "tree_flatten",
+__all__ = ["MappingKey", "detach", "keystr", "ravel", "relative_error", "tree_dot", "tree_flatten",
            "tree_flatten_with_path", "tree_iter", "tree_leaves", "tree_leaves_with_path",
            "tree_map", "tree_sq_norm", "tree_structure", "tree_unflatten"]
 

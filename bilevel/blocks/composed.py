@@ -97,7 +97,7 @@ class ComposedProblem(BilevelProblem):
         params = self.start if generator is None else self.model.init(
             self.tasks.inputs, self.tasks.outputs, generator, self.dtype, self.device)
         adapted = {k: v for k, v in params.items() if k not in self.shared}
-        h = {}
+        h: dict[str, dict | torch.Tensor] = {}
         if self.theta == "learned":
             h["theta"] = adapted
         if self.shared:

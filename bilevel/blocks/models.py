@@ -29,7 +29,7 @@ ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
 def init_mlp(sizes, generator=None, dtype=torch.float32, device="cpu") -> dict:
     """Weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for layer widths `sizes`:
     the default of `torch.nn.Linear`, used by PyTorch ports of MAML."""
-    params = {}
+    params: dict[str, torch.Tensor] = {}
     for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         params |= init_layer(layer, (fan_in, fan_out), fan_in, generator, dtype, device)
     return params
@@ -196,7 +196,8 @@ class CNN:
     def init(self, inputs, outputs, generator=None, dtype=torch.float32, device="cpu") -> dict:
         sizes = self.sizes(inputs)
         spatial = len(sizes[0])
-        params, before = {}, 1
+        params: dict[str, torch.Tensor] = {}
+        before = 1
         for layer, after in enumerate(self.channels):
             shape = (after, before, *(self.kernel,) * spatial)
             params |= init_layer(layer, shape, before * self.kernel**spatial, generator, dtype,

@@ -23,6 +23,7 @@ Packages add sources through the "bilevel.sources" entry-point group (problems/ 
 sinusoid family).
 """
 
+import abc
 import csv
 import dataclasses
 import functools
@@ -192,7 +193,7 @@ class Holdout:
         sizes = (n_train, n_val, 0 if held_out is not None else n_test)
         train, val, test = (part.to(x.device) for part in random_split(rows, sizes, generator))
         test_x, test_y = (x[test], y[test]) if held_out is None else held_out
-        parts = (x[train], x[val], test_x)
+        parts: tuple[torch.Tensor, ...] = (x[train], x[val], test_x)
         if self.standardize:
             parts = standardize(*parts)
         y_train, corrupted = y[train], None
@@ -367,7 +368,7 @@ def _target_column(header: list[str], target, path) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TableFile:
+class _TableFile(abc.ABC):
     """A user's file of examples: `read` gives (features, targets); `kind` says whether the
     targets are classes (classification, regression, or auto: whole numbers with at most 50
     distinct values are classes); a relative `path` is relative to the config's folder."""
@@ -375,6 +376,10 @@ class _TableFile:
     path: str
     kind: str = "auto"
     split: dict = dataclasses.field(default_factory=dict)
+
+    @abc.abstractmethod
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(features, targets) of the file at `path`."""
 
     def load(self, dtype, device) -> Tasks:
         kind = checks.not_regular(self.path)

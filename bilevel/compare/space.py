@@ -7,10 +7,12 @@ subtree. A `Range` gives one value broadcast over every coordinate of those leav
 with `per_coordinate` one value per coordinate, named "<path>.<leaf>[i]".
 """
 
+from typing import cast
+
 import torch
 
 from bilevel.errors import InvalidInputError
-from bilevel.tree import tree_leaves_with_path
+from bilevel.tree import MappingKey, tree_leaves_with_path
 
 
 def leaves_under(h: dict, path: str) -> dict[tuple, torch.Tensor]:
@@ -23,7 +25,8 @@ def leaves_under(h: dict, path: str) -> dict[tuple, torch.Tensor]:
             raise InvalidInputError(f"{path!r} is not a path in h: {'.'.join(keys[:depth + 1])!r} "
                                     f"does not exist (keys there: {', '.join(have) or 'none'})")
         node = node[key]
-    return {keys + tuple(entry.key for entry in where): leaf
+    # h's containers are dicts: every entry of a path is a MappingKey.
+    return {keys + tuple(cast(MappingKey, entry).key for entry in where): leaf
             for where, leaf in tree_leaves_with_path(node)}
 
 
@@ -44,7 +47,7 @@ def fixed_values(h: dict, space: dict, values: dict) -> dict[tuple, torch.Tensor
 
 def parameter_names(h: dict, space: dict) -> dict[str, dict]:
     """{Optuna parameter name: its Range spec} for the leaves of h that `space` fixes."""
-    names = {}
+    names: dict[str, dict] = {}
     for key, spec in space.items():
         for path, leaf in leaves_under(h, key).items():
             if spec["per_coordinate"]:

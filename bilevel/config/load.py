@@ -9,9 +9,12 @@ run directory keeps as config.yaml (the one record of the run).
 import copy
 import dataclasses
 import difflib
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pydantic
+from pydantic_core import ErrorDetails
 
 from bilevel.config import yamlfile
 from bilevel.config.errors import ConfigError, dotted
@@ -38,7 +41,7 @@ class Config:
                            path=path, where=_line(self.marks, path))
 
 
-def load_config(path, overrides=()) -> Config:
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
     """Read, override (`"key.path=value"` strings) and validate the YAML config at `path`."""
     data, marks = yamlfile.read(path)
     return from_dict(data, file=Path(path), marks=marks, overrides=overrides)
@@ -113,7 +116,7 @@ def _data_path(loc, data) -> tuple:
     return tuple(path)
 
 
-def _describe(error: dict, data, marks, source) -> str:
+def _describe(error: ErrorDetails, data, marks, source) -> str:
     """One line for one pydantic error: file:line:col: key.path: what was wrong."""
     path = _data_path(error["loc"], data)
     message = error["msg"].removeprefix("Value error, ")

@@ -34,7 +34,7 @@ def _type(spec: dict, defs: dict) -> str:
     if "const" in spec:
         return f"`{spec['const']}`"
     if "anyOf" in spec or "oneOf" in spec:
-        parts = [_type(s, defs) for s in spec.get("anyOf", spec.get("oneOf"))]
+        parts = [_type(s, defs) for s in (spec["anyOf"] if "anyOf" in spec else spec["oneOf"])]
         return " \\| ".join(dict.fromkeys(parts))
     if spec.get("type") == "array":
         return f"list of {_type(spec.get('items', {}), defs)}"

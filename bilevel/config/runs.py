@@ -134,13 +134,17 @@ def check_gradients(config: Config, *, methods: list[str] | None = None,
     generator = torch.Generator().manual_seed(config.resolved["seed"])
     h = built.problem.init_hyper(generator)
     tasks = built.problem.sample_tasks(config.resolved["tasks_per_step"], generator)
+    target: str | dict = reference
     if reference == "closed-form":
-        reference = built.problem.meta_gradient(h, tasks)
-        if reference is None:
+        closed_form = built.problem.meta_gradient(h, tasks)
+        if closed_form is None:
             raise config.error(f"{type(built.problem).__name__} has no closed-form "
                                "meta_gradient; use --reference exact", ("problem",))
-    name, method = built.spec.method.name, dataclasses.asdict(built.spec.method)
+        target = closed_form
+    estimator = built.spec.method
+    name = estimator.name
+    method: dict = dataclasses.asdict(estimator) if dataclasses.is_dataclass(estimator) else {}
     options = {name: method} if method and (methods is None or name in methods) else {}
     return gradcheck(built.problem, h, tasks, solver=built.spec.solver, methods=methods,
-                     reference=reference, options=options, repeats=repeats)
+                     reference=target, options=options, repeats=repeats)
 

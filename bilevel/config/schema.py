@@ -56,7 +56,7 @@ def _name_or_mapping(value):
     return {"name": value} if isinstance(value, str) else value
 
 
-def dataclass_fields(cls, types: dict | None = None) -> dict[str, tuple]:
+def dataclass_fields(cls, types: dict | None = None) -> dict[str, Any]:
     """pydantic fields of a dataclass's fields: typed from its hints (or `types`, by name),
     with its defaults, and the meaning and bounds of `bilevel.checks.option` metadata."""
     hints, types = typing.get_type_hints(cls), types or {}
@@ -88,8 +88,10 @@ def options_model(title: str, cls) -> type[BaseModel]:
             raise ValueError(str(error)) from None
         return self
 
+    # pydantic's stub types __validators__ as plain callables; it takes decorated ones.
+    validators = {"builds": model_validator(mode="after")(builds)}
     return create_model(title, __base__=model, __doc__=doc,
-                        __validators__={"builds": model_validator(mode="after")(builds)})
+                        __validators__=validators)  # type: ignore[arg-type]
 
 
 def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
@@ -139,8 +141,10 @@ def _unit_union(kind: str, registry, checked: bool, skip=()):
     for name in registry.names():
         model = _unit_model(kind, name, registry.get(name), skip)
         if checked:
-            model = create_model(model.__name__, __base__=(model, _Checked))
-            model.registry = registry
+            # _Checked is a mixin of models, not itself one as pydantic's stub wants of a base.
+            model = create_model(model.__name__,
+                                 __base__=(model, _Checked))  # type: ignore[arg-type]
+            model.registry = registry  # type: ignore[attr-defined]  # _Checked's
         members.append(model)
     union = functools.reduce(operator.or_, members)
     return Annotated[union, Field(discriminator="name"),
@@ -233,7 +237,7 @@ def _problem_kind(value) -> str | None:
     return None
 
 
-def run_options() -> dict[str, tuple]:
+def run_options() -> dict[str, Any]:
     """The run level of a config: one key per `RunSpec` field, where it is defined (type,
     default, bound, meaning); the units are the registries' unions."""
     optional = {"eval": Evaluation, "warm_start": WarmStart, "hyper_penalty": HyperPenalty}
@@ -249,12 +253,14 @@ def run_config_model() -> type[BaseModel]:
     """The model of a whole run config, from the registries as they are now: the problem
     and what builds it (device, dtype), the run's options (`run_options`), and where
     (out) and what `compare` searches (search)."""
-    problem = Annotated[
+    # Any: built at run time from the registries, it is a value to a type checker.
+    problem: Any = Annotated[
         Annotated[_unit_union("problem", problems, checked=False, skip=RUN_LEVEL),
                   Tag("registered-problem")]
         | Annotated[PythonProblem, Tag("python-problem")]
         | Annotated[_composed_model(), Tag("composed-problem")],
         Discriminator(_problem_kind)]
+    dtype_names: Any = Literal[tuple(DTYPES)]
     return create_model(
         "RunConfig", __base__=Strict,
         __doc__="A bilevel run: the problem, how it is solved and meta-trained, where to.",
@@ -264,7 +270,7 @@ def run_config_model() -> type[BaseModel]:
         **run_options(),
         device=(str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                            description="auto (CUDA where present), cpu, cuda or cuda:N")),
-        dtype=(Literal[tuple(DTYPES)], Field("float32", description="float32 or float64")),
+        dtype=(dtype_names, Field("float32", description="float32 or float64")),
         out=(str | None, Field(None, description="run directory (default: "
                                                  "runs/<config name>; --out overrides)")),
         search=(Search | None, Field(None, description="what `bilevel compare` searches with "

@@ -25,8 +25,8 @@ from pydantic import Field, model_validator
 
 from bilevel.config.strict import Strict
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
-PRUNERS = ("none", "median", "hyperband")
+Sampler = Literal["tpe", "random", "cmaes", "gp"]
+Pruner = Literal["none", "median", "hyperband"]
 
 
 class Budget(Strict):
@@ -80,9 +80,9 @@ class Search(Strict):
     """What `bilevel compare` searches with Optuna beside the bilevel method, on one budget."""
 
     budget: Budget = Field(description="what each side may spend")
-    sampler: Literal[SAMPLERS] = Field("tpe", description="Optuna's sampler: TPE, random, "
+    sampler: Sampler = Field("tpe", description="Optuna's sampler: TPE, random, "
                                        "CMA-ES (needs the cmaes package) or Gaussian process")
-    pruner: Literal[PRUNERS] = Field("none", description="stops bad hybrid trials early "
+    pruner: Pruner = Field("none", description="stops bad hybrid trials early "
                                      "(their intermediate validation losses)")
     space: dict[str, Range] = Field({}, description="leaves of h (by dotted path) that each "
                                     "trial fixes; the others are meta-trained in each trial")

@@ -191,7 +191,7 @@ class FOBMAML(Estimator):
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         leaf = tree_leaves(h)[0]
-        points, weights, _ = SCHEMES[self.scheme]
+        points, stencil, _ = SCHEMES[self.scheme]
         m = len(points)
         n = tree_leaves(tasks)[0].shape[0]
         scale = (nu_factor(self.scheme, *problem_scale(problem, h, tasks, compilation))
@@ -199,7 +199,7 @@ class FOBMAML(Estimator):
                  else torch.ones(n, dtype=leaf.dtype, device=leaf.device))
         nu = torch.as_tensor(self.resolve_nu(leaf.dtype, scale), dtype=leaf.dtype,
                              device=leaf.device).expand(n)  # one step per task
-        weights = torch.tensor(weights, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
+        weights = torch.tensor(stencil, dtype=leaf.dtype, device=leaf.device) / nu[:, None]
         nus = (torch.tensor(points, dtype=leaf.dtype, device=leaf.device) * nu[:, None]).reshape(-1)
 
         def objective(phi, h, task, nu):
@@ -217,16 +217,16 @@ class FOBMAML(Estimator):
 
         # Solve and psi of each (task, stencil point) pair in one batch (one compiled
         # function, init included, when compiling: bilevel.inner.run_steps).
-        points = ((h, tree_map(each_point, tasks), nus), (None, 0, 0), compilation)
+        batch = ((h, tree_map(each_point, tasks), nus), (None, 0, 0), compilation)
         stencil_solver = solver
         if self.warm_start_steps is None:
-            (psis, val_loss), stats = solve_batch(solver, objective, init, *points, then=psi)
+            (psis, val_loss), stats = solve_batch(solver, objective, init, *batch, then=psi)
         else:
             stencil_solver = solver.with_steps(self.warm_start_steps)
             inits, _ = solve_batch(solver, problem.inner_objective, problem.inner_init,
                                    (h, tasks), (None, 0), compilation)
             (psis, val_loss), stats = solve_from(stencil_solver, objective,
-                                                 tree_map(each_point, inits), *points, then=psi)
+                                                 tree_map(each_point, inits), *batch, then=psi)
         stats |= val_loss
         _check_finite(psis, stats, nus, self.scheme)
         grads = tree_map(lambda p: torch.tensordot(

@@ -23,7 +23,7 @@ import math
 
 import torch
 from torch._C._functorch import TransformType
-from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+from torch._functorch.pyfunctorch import VmapInterpreter, retrieve_all_functorch_interpreters
 
 from bilevel.problem import BilevelProblem
 from bilevel.solvers import InnerSolver, Tangents
@@ -36,7 +36,7 @@ def transforms() -> tuple[int, int]:
     transforms and the product of the enclosing vmaps' batch sizes."""
     stack = retrieve_all_functorch_interpreters()
     order = sum(i.key() in _DIFFERENTIATING for i in stack)
-    return order, math.prod(i.batch_size() for i in stack if i.key() == TransformType.Vmap)
+    return order, math.prod(i.batch_size() for i in stack if isinstance(i, VmapInterpreter))
 
 
 @dataclasses.dataclass

@@ -62,5 +62,5 @@ def evaluate_held_out(problem, h, tasks, solver, n_total: int,
                                           processes)
     names = sorted(sums)
     means = torch.stack([sums[k].to(torch.float64) for k in names]) / n_total
-    means = {f"eval_{k}": v for k, v in zip(names, means.tolist(), strict=True)}
-    return means, Cost.solve(solver.steps) * n_total
+    metrics = {f"eval_{k}": v for k, v in zip(names, means.tolist(), strict=True)}
+    return metrics, Cost.solve(solver.steps) * n_total

@@ -169,7 +169,7 @@ class OuterOptimizer:
         stepped (a schedule with a step size of 0) fails now, naming the schedule."""
         parameter = torch.zeros(1, requires_grad=True)
         optimizer, scheduler = self.build([parameter])
-        if scheduler is None:
+        if scheduler is None or self.schedule is None:
             return
         parameter.grad = torch.zeros(1)
         try:
@@ -179,8 +179,9 @@ class OuterOptimizer:
                     optimizer.step()
                     scheduler.step()
         except (ZeroDivisionError, ValueError, TypeError, OverflowError) as error:
-            raise InvalidInputError(f"schedule {self.schedule.name!r} with "
-                                    f"{self.schedule.options}: fails at its first step "
+            schedule = self.schedule
+            raise InvalidInputError(f"schedule {schedule.name!r} with "
+                                    f"{schedule.options}: fails at its first step "
                                     f"({type(error).__name__}: {error})") from None
 
     def as_dict(self) -> dict:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TextIO
 
 from bilevel import strict_json
 from bilevel.errors import RunDirectoryError
@@ -88,7 +89,7 @@ class RunDirectory:
                                     f"directory ({error.strerror})") from None
         for stray in self.path.glob(".*.tmp"):  # left by a run killed while writing
             stray.unlink(missing_ok=True)
-        self._metrics = None
+        self._metrics: TextIO | None = None  # metrics.jsonl, open from restart_metrics on
 
     def close(self) -> None:
         """Close metrics.jsonl and release the directory's lock."""
@@ -113,6 +114,7 @@ class RunDirectory:
         self._metrics = path.open("a")
 
     def log(self, record: dict) -> None:
+        assert self._metrics is not None, "log() before restart_metrics()"
         self._metrics.write(strict_json.dumps(record) + "\n")
         self._metrics.flush()
 

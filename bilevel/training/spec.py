@@ -127,7 +127,8 @@ RESUMABLE = frozenset(field.name for field in dataclasses.fields(RunSpec)
 
 
 def _unit(name: str, unit) -> dict:
-    options = dataclasses.asdict(unit) if dataclasses.is_dataclass(unit) else {}
+    is_instance = dataclasses.is_dataclass(unit) and not isinstance(unit, type)
+    options = dataclasses.asdict(unit) if is_instance else {}
     return {"name": name, **options}
 
 

@@ -14,6 +14,7 @@ and prints; everything it calls is a pure function of tensors.
 
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ from bilevel import devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, per_task_name
+from bilevel.problem import BilevelProblem
 from bilevel.training import checkpoint, distributed
 from bilevel.training import warm_start as warm_starts
 from bilevel.training.callbacks import Callback
@@ -55,7 +57,8 @@ class MetaTrainResult:
     summary: dict
 
 
-def meta_train(problem, spec: RunSpec | None = None, *, out=None, resume: bool = False,
+def meta_train(problem: BilevelProblem, spec: RunSpec | None = None, *,
+               out: str | os.PathLike | None = None, resume: bool = False,
                callbacks: Sequence[Callback] = (), **options) -> MetaTrainResult:
     """Meta-train h = problem.init_hyper() as `spec` says (a `RunSpec`), or as the keyword
     `options` say, which build one: `meta_train(problem, solver=..., method=..., steps=...,
@@ -131,11 +134,12 @@ class _Run:
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
-        self.files = None
-        self.step, self.history, self.elapsed = 0, [], 0.0
+        self.files: RunDirectory | None = None
+        self.step, self.elapsed = 0, 0.0
+        self.history: list[dict] = []
         # Inner gradient evaluations so far: of the hypergradients, of the held-out solves.
         self.evals_total = self.held_out_evals_total = 0
-        self.saved_step = None  # the step of the checkpoint on disk
+        self.saved_step: int | None = None  # the step of the checkpoint on disk
 
     # Setting up -----------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class _Run:
         self.problem_record = {
             "class": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
             "init_hyper": warm_starts.fingerprint(h)}
-        self.first_tasks = None
+        self.first_tasks: str | None = None
         self.digest = settings_digest(self.settings(self.dtype))  # kept in every checkpoint
         if self.out is not None and self.processes.is_main:
             self.files = RunDirectory(self.out, resume=self.resume)
@@ -192,6 +196,7 @@ class _Run:
         """The checkpoint to resume from, checked to be this run's (its settings digest and
         its step against its history); None for a run killed before its first checkpoint
         (settings.json written, no checkpoint.pt), which starts again from step 0."""
+        assert self.out is not None, "resume without out=DIR"  # refused in __init__
         if not (self.out / checkpoint.FILENAME).exists() and (self.out / "settings.json").exists():
             return None
         saved = checkpoint.load(self.out)
@@ -396,6 +401,7 @@ class _Run:
         } | ({} if self.warm is None else {"warm_start": self.warm.state()})
 
     def save(self) -> None:
+        assert self.out is not None, "save() without out=DIR"  # called only with files
         checkpoint.save(self.out, self.state())
         self.saved_step = self.step
 
@@ -415,7 +421,7 @@ class _Run:
             self.save()
             message = f"interrupted; checkpoint of step {self.step} written to {self.out}"
         self.finish("interrupted", message)
-        config = self.out / "config.yaml"  # a run of `bilevel run`
+        config = self.files.path / "config.yaml"  # a run of `bilevel run`
         how = (f"bilevel run {config} --resume" if config.is_file() else
                f"meta_train(..., out={str(self.out)!r}, resume=True)")
         print(f"\n{message}\nresume with {how} (same settings; steps may grow)",
