@@ -15,7 +15,7 @@ import abc
 import numbers
 from typing import ClassVar
 
-from bilevel import compiled
+from bilevel import checks, compiled
 from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, Cost, Info
@@ -37,6 +37,10 @@ class Estimator(abc.ABC):
 
     assumes_converged_inner: ClassVar[bool] = False
     not_compiled: ClassVar[str | None] = None
+
+    def __post_init__(self):
+        """Options declared with `bilevel.checks.option` checked against their bounds."""
+        checks.in_bounds(self)
 
     @abc.abstractmethod
     def __call__(self, problem, h: dict, tasks, solver, *,

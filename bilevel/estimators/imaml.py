@@ -71,12 +71,10 @@ class IMAML(Estimator):
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
     assumes_converged_inner = True
 
-    cg_steps: int = 10
-    tol: float | None = None
-
-    def __post_init__(self):
-        checks.integer("cg_steps", self.cg_steps, minimum=1)
-        checks.optional_positive("tol", self.tol)
+    cg_steps: int = checks.option("conjugate-gradient iterations (Hessian-vector products "
+                                  "per task)", 10, minimum=1)
+    tol: float | None = checks.option("a task's CG stops once its residual norm is at most "
+                                      "this (null: never)", None, above=0)
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         def at_solution(phi, h, task):

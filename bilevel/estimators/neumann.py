@@ -67,12 +67,11 @@ class Neumann(Estimator):
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
     assumes_converged_inner = True
 
-    terms: int = 20
-    alpha: float | None = None
-
-    def __post_init__(self):
-        checks.integer("terms", self.terms, minimum=1)
-        checks.optional_positive("alpha", self.alpha)
+    terms: int = checks.option("terms of the Neumann series (terms - 1 Hessian-vector "
+                               "products per task)", 20, minimum=1)
+    alpha: float | None = checks.option("the series' step, below 2 / the largest eigenvalue "
+                                        "of the inner Hessian (null: the solver's lr)", None,
+                                        above=0)
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         alpha = self.alpha if self.alpha is not None else solver_lr(
