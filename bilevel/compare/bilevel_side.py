@@ -9,6 +9,7 @@ import torch
 
 from bilevel.compare.cost import solve_cost, step_cost
 from bilevel.compare.curves import Curve
+from bilevel.errors import InvalidInputError
 from bilevel.training import meta_train
 from bilevel.training.spec import Evaluation, RunSpec
 
@@ -51,6 +52,12 @@ def steps_for(built, unit: str, budget: float) -> int:
         return max(1, math.floor(budget / history[0]["time"]))
     validation = solve_cost(built.spec.solver, tasks) / every
     first, per_step = step_cost(history[0]) + validation, step_cost(history[-1]) + validation
+    first_point = first + (every - 1) * per_step  # the first validation's cost, steps included
+    if budget < first_point:
+        raise InvalidInputError(
+            f"search.budget: {budget:g} inner gradient evaluations do not buy the bilevel "
+            f"side's first validated point ({first_point:g}: {every} outer step(s) and one "
+            "validation); give a larger budget")
     return max(1, 1 + math.floor((budget - first) / per_step))
 
 

@@ -15,7 +15,13 @@ import optuna
 from bilevel.compare.bilevel_side import run_bilevel
 from bilevel.compare.report import rows, write
 from bilevel.compare.space import fixed_values, leaves_under, parameter_names
-from bilevel.compare.study import budget_of, run_optuna, sampler_seed, study_curve
+from bilevel.compare.study import (
+    best_within,
+    budget_of,
+    run_optuna,
+    sampler_seed,
+    study_curve,
+)
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import Built, build
@@ -56,7 +62,11 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
     if only in ("both", "optuna"):
         study = run_optuna(config, built, search, directory, worker=worker,
                            url=storage or search["storage"])
-        curves[f"optuna-{search['sampler']}"] = study_curve(study, unit, budget)
+        curves[f"optuna-{search['sampler']}"] = curve = study_curve(study, unit, budget)
+        if not curve.cost and unit != "seconds":
+            raise InvalidInputError(
+                f"search.budget: {budget:g} inner gradient evaluations do not buy one Optuna "
+                "trial (the first cost more); give a larger budget")
         tests[f"optuna-{search['sampler']}"] = _best_trial_test(config, built, search,
                                                                 study, directory)
     table = rows(curves, tests)
@@ -108,11 +118,11 @@ def test_numbers(built: Built, h: dict) -> dict[str, float] | None:
 
 
 def _best_trial_test(config, built, search, study, directory: Path) -> dict | None:
-    """Test numbers of the study's best trial (its h rebuilt from its parameters, and
-    for a hybrid trial its learned leaves from the trial's checkpoint, where present)."""
-    try:
-        best = study.best_trial
-    except ValueError:  # no completed trial
+    """Test numbers of the study's best trial within the budget (its h rebuilt from its
+    parameters, and for a hybrid trial its learned leaves from the trial's checkpoint,
+    where present)."""
+    best = best_within(study, *budget_of(search))
+    if best is None:
         return None
     trial = optuna.trial.FixedTrial(best.params)
     _, built = Trial(config, built, search, directory).configured(

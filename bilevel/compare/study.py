@@ -111,6 +111,7 @@ def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker
     study = optuna.create_study(study_name=name, storage=storage(url, directory),
                                 direction="minimize", load_if_exists=True,
                                 pruner=pruner(search["pruner"]))
+    fail_own_stale_trials(study, worker)
     seed = sampler_seed(config.resolved["seed"], worker) + len(study.trials)
     study.sampler = sampler(search["sampler"], seed)
     objective = Trial(config, built, search, directory / "trials", worker)
@@ -142,15 +143,40 @@ def budget_of(search: dict) -> tuple[str, float]:
     return unit, float(amount)
 
 
-def study_curve(study, unit: str, budget: float) -> Curve:
-    """Trials in the order they finished: cumulative cost and seconds, best value so far;
-    a pruned or failed trial adds its cost and no value."""
-    curve = Curve("optuna")
+def _finished(study):
+    """(trial, cumulative cost, cumulative seconds) of the finished trials in the order they
+    finished: what the Optuna side had spent when each one ended."""
     cost = seconds = 0.0
     trials = study.get_trials(deepcopy=False, states=FINISHED)
     for trial in sorted(trials, key=lambda t: t.datetime_complete):
         cost += trial.user_attrs.get("cost", 0.0)
         seconds += trial.user_attrs.get("seconds", 0.0)
+        yield trial, cost, seconds
+
+
+def study_curve(study, unit: str, budget: float) -> Curve:
+    """Trials in the order they finished: cumulative cost and seconds, best value so far;
+    a pruned or failed trial adds its cost and no value."""
+    curve = Curve("optuna")
+    for trial, cost, seconds in _finished(study):
         complete = trial.state == optuna.trial.TrialState.COMPLETE
         curve.add(cost, seconds, trial.value if complete else math.inf)
     return curve.within(unit, budget)
+
+
+def best_within(study, unit: str, budget: float):
+    """The best complete trial among those that finished within the budget (the Optuna
+    side's result, as its curve is cut), or None."""
+    within = [trial for trial, cost, seconds in _finished(study)
+              if (seconds if unit == "seconds" else cost) <= budget
+              and trial.state == optuna.trial.TrialState.COMPLETE
+              and math.isfinite(trial.value)]
+    return min(within, key=lambda trial: trial.value, default=None)
+
+
+def fail_own_stale_trials(study, worker: int) -> None:
+    """Trials of `worker` still RUNNING when it starts (this worker runs none yet: a killed
+    run of it left them) are failed now, counted with the cost they recorded."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == worker:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

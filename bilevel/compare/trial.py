@@ -5,6 +5,7 @@ records what it cost (`bilevel.compare.cost`) as the user attributes "cost", "se
 and which worker ran it as "worker"."""
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -80,45 +81,58 @@ class Trial:
     def __call__(self, trial) -> float:
         start, spent = time.perf_counter(), [0.0]
         trial.set_user_attr("worker", self.worker)
+        # Recorded as the work is spent, so that a trial whose process is killed counts
+        # what it spent (a later run fails it: `study.fail_own_stale_trials`).
+        record = functools.partial(_record_spent, trial, spent, start)
         try:
             _, built = self.configured({key: suggest(trial, key, spec)
                                         for key, spec in self.search["config"].items()})
             problem = ProblemView(built.problem, fixed=self.fixed(trial, built))
             if problem.init_hyper(torch.Generator().manual_seed(0)):
-                return self.meta_train(trial, dataclasses.replace(built, problem=problem), spent)
-            return self.validate(built, problem.full({}), spent)
+                return self.meta_train(trial, dataclasses.replace(built, problem=problem),
+                                       spent, record)
+            return self.validate(built, problem.full({}), spent, record)
         except DivergenceError:
             return math.nan  # Optuna records the trial as failed; its cost still counts
         finally:
-            trial.set_user_attr("cost", spent[0])
-            trial.set_user_attr("seconds", time.perf_counter() - start)
+            record()
 
-    def validate(self, built, h: dict, spent: list) -> float:
+    def validate(self, built, h: dict, spent: list, record) -> float:
+        """Solve and validate once at h; its cost is recorded before the solve."""
         n = evaluation(built.spec).tasks
+        spent[0] += solve_cost(built.spec.solver, n)
+        record()
         sums = held_out(built.problem, h, held_out_tasks(built.problem, n, built.spec.seed),
                         built.spec.solver, compile=built.spec.compile)
-        spent[0] += solve_cost(built.spec.solver, n)
         return sums["val_loss"].item() / n
 
-    def meta_train(self, trial, built, spent: list) -> float:
+    def meta_train(self, trial, built, spent: list, record) -> float:
         """Meta-train the learned leaves in the trial's own run directory, reporting each
         validation to the pruner (which may stop the trial after it)."""
-        reporter = _Reporter(trial, built, spent)
+        reporter = _Reporter(trial, built, spent, record)
         train(built, out=self.directory / str(trial.number), callbacks=[reporter])
         return reporter.value
+
+
+def _record_spent(trial, spent: list, start: float) -> None:
+    """The trial's user attributes "cost" (spent so far) and "seconds" (since `start`)."""
+    trial.set_user_attr("cost", spent[0])
+    trial.set_user_attr("seconds", time.perf_counter() - start)
 
 
 class _Reporter(Callback):
     """A hybrid trial's callback: counts each step's cost as it completes (so a pruned or
     diverged trial's work is counted), reports each validation to the pruner."""
 
-    def __init__(self, trial, built, spent: list):
+    def __init__(self, trial, built, spent: list, record_spent):
         self.trial, self.built, self.spent, self.value = trial, built, spent, math.nan
+        self.record_spent = record_spent
 
     def on_step(self, record: dict, h: dict) -> None:
         _, self.spent[0] = history_curve("trial", [record], self.built,
                                          evaluation(self.built.spec).tasks,
                                          start=(self.spent[0], 0.0))
+        self.record_spent()
 
     def on_evaluation(self, record: dict, h: dict) -> None:
         self.value = record["eval_val_loss"]

@@ -1,0 +1,60 @@
+"""`bilevel compare` counts all spent work and reports within the budget only (issue 22): a
+budget too small for one point is one line, a killed trial's work is counted and the trial
+finished, the Optuna side's test numbers come from its best trial within the budget."""
+
+import json
+
+import optuna
+import pytest
+
+from bilevel.cli import main
+from bilevel.compare import compare
+from bilevel.compare.study import best_within, study_curve
+from bilevel.errors import InvalidInputError
+from tests.test_compare import config
+
+
+@pytest.mark.parametrize("only, budget, side", [
+    ("bilevel", 30, "the bilevel side's first validated point"),  # a step and a validation
+    ("optuna", 10, "one Optuna trial")])  # one solve of 20 steps
+def test_a_budget_too_small_for_one_point_is_one_error(tmp_path, only, budget, side):
+    with pytest.raises(InvalidInputError, match=rf"search.budget: {budget} inner gradient "
+                                                rf"evaluations do not buy {side}"):
+        compare(config(search={"budget": {"inner_grad_evals": budget}}), out=tmp_path,
+                only=only)
+
+
+def test_the_cli_says_so_in_one_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(config(search={"budget": {"inner_grad_evals": 30}}).resolved))
+    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("bilevel compare: error: search.budget: 30 inner gradient")
+    assert len(error.splitlines()) == 1
+
+
+def test_a_killed_trials_work_is_counted_and_the_trial_finished(tmp_path):
+    """A trial left RUNNING by a killed worker 0, with the cost it recorded: the next run
+    of worker 0 fails it and counts that cost before its own trials."""
+    study = optuna.create_study(study_name="compare", direction="minimize",
+                                storage=f"sqlite:///{tmp_path / 'study.db'}")
+    killed = study.ask()
+    killed.set_user_attr("worker", 0)
+    killed.set_user_attr("cost", 123.0)
+    killed.set_user_attr("seconds", 0.5)
+    compare(config(), out=tmp_path, only="optuna")
+    study = optuna.load_study(study_name="compare", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [trial.state for trial in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    assert optuna.trial.TrialState.RUNNING not in states
+    curve = study_curve(study, "inner_grad_evals", 1e9)
+    assert curve.cost[0] == 123.0 and curve.best[0] == float("inf")
+
+
+def test_the_best_trial_within_the_budget_is_reported():
+    study = optuna.create_study(direction="minimize")
+    for value, cost in [(2.0, 100.0), (3.0, 100.0), (1.0, 100.0)]:
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"cost": cost}))
+    assert best_within(study, "inner_grad_evals", 250).value == 2.0  # not the 1.0 at 300
+    assert best_within(study, "inner_grad_evals", 300).value == 1.0
+    assert best_within(study, "inner_grad_evals", 50) is None
