@@ -18,10 +18,12 @@ from bilevel.compare.space import fixed_values, leaves_under, parameter_names
 from bilevel.compare.study import (
     best_within,
     budget_of,
+    record_bilevel_side,
     run_optuna,
     sampler_seed,
     study_curve,
 )
+from bilevel.compare.study import storage as study_storage
 from bilevel.compare.trial import Trial, suggest, with_values
 from bilevel.config import yamlfile
 from bilevel.config.build import Built, build
@@ -59,6 +61,8 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
     if only in ("both", "bilevel"):
         curves["bilevel"], h = run_bilevel(built, directory / "bilevel", unit, budget)
         tests["bilevel"] = test_numbers(built, h)
+        record_bilevel_side(study_storage(storage or search["storage"], directory),
+                            curves["bilevel"], tests["bilevel"], unit, budget)
     if only in ("both", "optuna"):
         study = run_optuna(config, built, search, directory, worker=worker,
                            url=storage or search["storage"])

@@ -112,6 +112,7 @@ def run_optuna(config, built, search: dict, directory: Path, *, url=None, worker
                                 direction="minimize", load_if_exists=True,
                                 pruner=pruner(search["pruner"]))
     fail_own_stale_trials(study, worker)
+    describe_budget(study, *budget_of(search))
     seed = sampler_seed(config.resolved["seed"], worker) + len(study.trials)
     study.sampler = sampler(search["sampler"], seed)
     objective = Trial(config, built, search, directory / "trials", worker)
@@ -180,3 +181,42 @@ def fail_own_stale_trials(study, worker: int) -> None:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") == worker:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+BILEVEL_STUDY = "compare-bilevel"
+
+
+def record_bilevel_side(study_storage, curve: Curve, test: dict | None, unit: str,
+                        budget: float) -> None:
+    """The bilevel side as a study of its own beside the Optuna side's, so that
+    optuna-dashboard shows both: one trial whose intermediate values are the side's
+    validation losses at the cost (inner gradient evaluations) of each validation, its
+    test numbers and seconds as user attributes, the best validation loss as its value;
+    the budget and the cost model as the study's attributes. Written anew at each run."""
+    if any(summary.study_name == BILEVEL_STUDY
+           for summary in optuna.get_all_study_summaries(study_storage)):
+        optuna.delete_study(study_name=BILEVEL_STUDY, storage=study_storage)
+    study = optuna.create_study(study_name=BILEVEL_STUDY, storage=study_storage,
+                                direction="minimize")
+    describe_budget(study, unit, budget)
+    with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": not here
+        warnings.simplefilter("ignore", UserWarning)
+        trial = study.ask()
+    for cost, value in zip(curve.cost, curve.values, strict=True):
+        if math.isfinite(value):
+            trial.report(value, step=round(cost))
+    trial.set_user_attr("seconds", curve.seconds[-1] if curve.seconds else 0.0)
+    for key, number in (test or {}).items():
+        trial.set_user_attr(key, number)
+    best = curve.best[-1] if curve.best else math.inf
+    study.tell(trial, best if math.isfinite(best) else None,
+               state=None if math.isfinite(best) else optuna.trial.TrialState.FAIL)
+
+
+def describe_budget(study, unit: str, budget: float) -> None:
+    """The budget and the cost model as the study's user attributes."""
+    study.set_user_attr("budget", budget)
+    study.set_user_attr("budget_unit", unit)
+    study.set_user_attr("cost_model", "inner gradient evaluations + Hessian-vector products "
+                                      "over every inner solve (bilevel/compare/cost.py)")
+

@@ -58,3 +58,21 @@ def test_the_best_trial_within_the_budget_is_reported():
     assert best_within(study, "inner_grad_evals", 250).value == 2.0  # not the 1.0 at 300
     assert best_within(study, "inner_grad_evals", 300).value == 1.0
     assert best_within(study, "inner_grad_evals", 50) is None
+
+
+def test_the_bilevel_side_is_a_study_beside_optunas(tmp_path):
+    """optuna-dashboard shows the bilevel side: its own study in the same storage, read back
+    through Optuna's API, equal to compare.json's curve."""
+    compare(config(), out=tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    bilevel = optuna.load_study(study_name="compare-bilevel", storage=storage)
+    (trial,) = bilevel.trials
+    saved = json.loads((tmp_path / "compare.json").read_text())["curves"]["bilevel"]
+    assert sorted(trial.intermediate_values) == [round(c) for c in saved["cost"]]
+    assert trial.value == saved["best_val_loss"][-1]
+    assert {"test_loss", "test_accuracy", "seconds"} <= set(trial.user_attrs)
+    for name in ("compare", "compare-bilevel"):
+        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+        assert attrs["budget"] == 600 and attrs["budget_unit"] == "inner_grad_evals"
+    compare(config(), out=tmp_path)  # resumed: the bilevel study is written anew, not doubled
+    assert len(optuna.load_study(study_name="compare-bilevel", storage=storage).trials) == 1
