@@ -15,13 +15,17 @@ import torch
 import yaml
 
 import bilevel
+from bilevel import problem_checks
 from bilevel.cli import main
 from bilevel.training import checkpoint
 from bilevel.training.rundir import write_atomically
 from bilevel.training.trainer import _Run
 from problems.quadratic import Quadratic
+from tests.faults import fault_problems as fp
+from tests.faults.fault_problems import setting
 
 SOLVER = bilevel.solvers.GD(lr=0.05, steps=10)
+SHORT = bilevel.solvers.GD(lr=0.1, steps=20)
 
 
 def train(out, **options):
@@ -177,3 +181,44 @@ def test_a_full_disk_while_writing_a_record_leaves_it_and_no_temporary_file(tmp_
         write_atomically(path, '{"status": "completed"}\n')
     monkeypatch.undo()
     assert path.read_text() == "{}\n" and [f.name for f in tmp_path.iterdir()] == [path.name]
+
+
+# A hyperparameter read outside autograd --------------------------------------------------
+
+def hypergradient(problem, method="fo-bmaml"):
+    problem, h, tasks = setting(problem)
+    return bilevel.hypergradient(problem, h, tasks, solver=SHORT, method=method)
+
+
+@pytest.mark.parametrize("problem, message", [
+    (fp.ItemOnHyper(), r"problem\.train_loss reads h\['log_lam'\] outside autograd"),
+    (fp.IfOnHyper(), r"problem\.val_loss reads h\['w'\] outside autograd"),
+    (fp.FloatInLam(), r"problem\.inner_objective \(train_loss \+ lam\(h\) \* regularizer\) reads "
+                      r"h\['log_lam'\] outside autograd"),
+], ids=["item", "if", "float in lam"])
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
+@pytest.mark.parametrize("method", ["fo-bmaml", "maml", "exact"])
+def test_a_hyperparameter_read_outside_autograd_is_named(problem, message, method):
+    with pytest.raises(bilevel.InvalidInputError, match=message + r" \(\.item\(\), float\(\), "
+                                                                  r"or a Python `if`"):
+        hypergradient(problem, method)
+
+
+def test_the_read_is_found_on_the_first_call_and_costs_nothing_after(monkeypatch):
+    problem, h, tasks = setting(fp.Ridge())
+    bilevel.hypergradient(problem, h, tasks, solver=SHORT, method="fomaml")
+    calls = []
+    monkeypatch.setattr(problem_checks, "_check_reads_hyper", lambda *a: calls.append(a))
+    bilevel.hypergradient(problem, h, tasks, solver=SHORT, method="fomaml")
+    assert calls == []  # cached with the problem's other checks
+
+
+def test_a_leaf_no_loss_reads_is_accepted():
+    grad, _ = hypergradient(fp.UnusedHyper(), "exact")
+    assert torch.equal(grad["spare"], torch.zeros(2, dtype=torch.float64))
+    assert grad["log_lam"].abs() > 0  # the other leaves still get their gradient
+
+
+def test_theta_read_only_through_inner_init_is_accepted():
+    grad, _ = hypergradient(fp.Unregularized(), "maml")
+    assert grad["theta"]["w"].abs().sum() > 0
