@@ -372,27 +372,42 @@ def _check_reads_hyper(problem, h, phi, task) -> None:
     leaves = [leaf.detach() for leaf in leaves]
     paths = [keystr(path) for path, _ in tree_leaves_with_path(h)]
     for name, loss in _LOSSES_OF_H.items():
+        def evaluate(hyper_leaves, loss=loss):
+            return loss(problem, point, tree_unflatten(hyper_leaves, spec), task)
+
         with torch.enable_grad():
             free = [leaf.clone().requires_grad_(True) for leaf in leaves]
-            value = loss(problem, point, tree_unflatten(free, spec), task)
+            value = evaluate(free)
             grads = (torch.autograd.grad(value, free, allow_unused=True) if value.requires_grad
                      else [None] * len(free))
         if not bool(torch.isfinite(value)):
             continue  # the probes compare values
-        for i, d in enumerate(grads):
-            if d is not None and bool(d.any()):
-                continue
-            for moved in (leaves[i] + 1e-3 * (1 + leaves[i].abs()), -leaves[i]):
-                with torch.no_grad():
-                    probed = loss(problem, point,
-                                  tree_unflatten([*leaves[:i], moved, *leaves[i + 1:]], spec), task)
-                if not torch.equal(probed, value.detach()):
-                    raise InvalidInputError(
-                        f"problem.{name} reads h{paths[i]} outside autograd (.item(), float(), "
-                        "or a Python `if` on its value): its gradient there is exactly 0, yet "
-                        f"changing h{paths[i]} changes the loss, so every estimator would drop "
-                        "that dependence from the hypergradient; keep it a tensor in the "
-                        "arithmetic (torch.where(cond, a, b) for a condition)")
+        zero = {i for i, d in enumerate(grads) if d is None or not bool(d.any())}
+        read = _read_leaf(evaluate, value.detach(), leaves, zero)
+        if read is not None:
+            raise InvalidInputError(
+                f"problem.{name} reads h{paths[read]} outside autograd (.item(), float(), or a "
+                "Python `if` on its value): its gradient there is exactly 0, yet changing "
+                f"h{paths[read]} changes the loss, so every estimator would drop that dependence "
+                "from the hypergradient; keep it a tensor in the arithmetic (torch.where(cond, "
+                "a, b) for a condition)")
+
+
+def _read_leaf(evaluate, value, leaves, zero: set) -> int | None:
+    """The first index in `zero` whose leaf, moved by a small step or sign-flipped, changes
+    evaluate(leaves) from `value`; None if none does. All of `zero` is moved at once first,
+    so that a problem without the fault pays one evaluation per move, not one per leaf."""
+    def changes(group, move) -> bool:
+        moved = [move(leaf) if k in group else leaf for k, leaf in enumerate(leaves)]
+        with torch.no_grad():
+            return not torch.equal(evaluate(moved), value)
+
+    for move in (lambda t: t + 1e-3 * (1 + t.abs()), torch.neg):
+        if zero and changes(zero, move):
+            found = next((k for k in sorted(zero) if changes({k}, move)), None)
+            if found is not None:
+                return found
+    return None
 
 
 def _broadcasts(shape, target) -> bool:
