@@ -18,6 +18,7 @@ from bilevel.errors import (
                             InvalidInputError,
                             NonFiniteTasksError,
                             RunDirectoryError,
+                            RunWriteError,
 )
 from bilevel.gradcheck import gradcheck, gradcheck_table
 from bilevel.hypergradient import hypergradient
@@ -42,6 +43,7 @@ __all__ = [
     "NonFiniteTasksError",
     "ProblemView",
     "RunDirectoryError",
+    "RunWriteError",
     "estimators",
     "gradcheck",
     "gradcheck_table",

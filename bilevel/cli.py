@@ -17,7 +17,7 @@ import sys
 
 from bilevel import __version__, config
 from bilevel.blocks import losses, models, sources
-from bilevel.errors import BilevelError, DivergenceError
+from bilevel.errors import BilevelError, DivergenceError, RunWriteError
 from bilevel.estimators import estimators
 from bilevel.gradcheck import gradcheck_table
 from bilevel.problem import problems
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except DivergenceError as error:
+    except (DivergenceError, RunWriteError) as error:  # the run stopped: status 1
         print(f"bilevel {args.command}: stopped: {error}", file=sys.stderr)
         return 1
     except BilevelError as error:

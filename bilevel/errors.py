@@ -11,6 +11,9 @@
     RunDirectoryError       a run directory cannot be used as asked: it already holds a
                             run, it holds no checkpoint to resume, or its recorded settings
                             differ from the resumed run's
+        RunWriteError       a file of a running run could not be written (a full disk, a
+                            directory made read-only during the run): the run stops, the
+                            last checkpoint kept
 
 Every message names the argument, file or key, the value received and what was expected.
 """
@@ -27,6 +30,13 @@ class InvalidInputError(BilevelError, ValueError):
 
 class RunDirectoryError(BilevelError):
     """A run directory (`meta_train(out=...)`) conflicts with the run asked for."""
+
+
+class RunWriteError(RunDirectoryError):
+    """Writing a run's file failed during the run (an OSError such as ENOSPC): the message
+    names the file and the OS's reason; the file written before it (the last checkpoint) is
+    kept and no temporary file is left. `bilevel run` exits with status 1, as on a
+    divergence: the run itself stopped."""
 
 
 class DivergenceError(BilevelError):

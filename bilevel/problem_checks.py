@@ -8,7 +8,9 @@ leaf or the method, never a functorch traceback or a silently wrong result.
     check_problem_code(...)     h shaped like problem.init_hyper() (`check_hyper_shapes`);
                                 train_loss, val_loss, inner_init, lam called once on task 0
                                 outside vmap, then differentiated and vmapped over 2 tasks;
-                                cached per problem and per structure of (h, tasks)
+                                every leaf of h a loss's value depends on has a gradient
+                                (`_check_reads_hyper`); cached per problem and per structure
+                                of (h, tasks)
 
 Layering: imports errors and tree helpers only, never the estimators.
 """
@@ -21,7 +23,14 @@ from torch.func import grad, vmap
 
 from bilevel.errors import InvalidInputError
 from bilevel.problem import BilevelProblem
-from bilevel.tree import keystr, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map
+from bilevel.tree import (
+    keystr,
+    tree_flatten,
+    tree_leaves,
+    tree_leaves_with_path,
+    tree_map,
+    tree_unflatten,
+)
 
 # Problems already checked, each with the signatures (structure, shapes, dtypes) of the
 # (h, task) it was checked on: meta_train calls hypergradient every step with the same.
@@ -156,6 +165,7 @@ def check_problem_code(problem, h, tasks) -> None:
     for name in ("train_loss", "val_loss"):
         _check_scalar(name, _call(problem, name, (phi, h0, task0), h0, task0, phi, integers))
     _check_lam(problem, h0, phi)
+    _check_reads_hyper(problem, h0, phi, task0)
     _translate("train_loss", lambda: grad(problem.train_loss)(phi, h0, task0), integers)
     pair = tree_map(lambda t: t[:2], tasks)
     for name in ("inner_init", "train_loss", "val_loss"):
@@ -336,6 +346,68 @@ def _check_lam(problem, h, phi) -> None:
                 f"lam(h){keystr(path)} has shape {tuple(weight.shape)}, but phi{keystr(path)} "
                 f"has shape {tuple(leaf.shape)}: a per-coordinate lam must be shaped like phi "
                 "or broadcast to it (a scalar per tensor, or e.g. one value per row)")
+
+
+# The losses that read h, as functions of (problem, phi, h, task).
+_LOSSES_OF_H = {
+    "train_loss": lambda problem, phi, h, task: problem.train_loss(phi, h, task),
+    "val_loss": lambda problem, phi, h, task: problem.val_loss(phi, h, task),
+    "inner_objective (train_loss + lam(h) * regularizer)":
+        lambda problem, phi, h, task: problem.inner_objective(phi, h, task),
+}
+
+
+def _check_reads_hyper(problem, h, phi, task) -> None:
+    """No leaf of h is read outside autograd (.item(), float(), a Python `if` on its value):
+    a leaf whose gradient in one of train_loss, val_loss and the inner objective is exactly
+    0, while a perturbation of it (a small step; its sign flipped) changes that loss's value,
+    is an InvalidInputError naming the loss and the leaf, since every estimator would
+    silently drop that dependence from its hypergradient. A leaf a loss does not read (its
+    perturbations change nothing) passes. phi is moved off inner_init(h) first, where the
+    proximal term's gradient in theta, lam (theta - phi), is exactly 0."""
+    g = torch.Generator().manual_seed(0)
+    point = tree_map(lambda t: t.detach() + 0.1 * torch.randn(
+        t.shape, generator=g, dtype=t.dtype).to(t.device), phi)
+    leaves, spec = tree_flatten(h)
+    leaves = [leaf.detach() for leaf in leaves]
+    paths = [keystr(path) for path, _ in tree_leaves_with_path(h)]
+    for name, loss in _LOSSES_OF_H.items():
+        def evaluate(hyper_leaves, loss=loss):
+            return loss(problem, point, tree_unflatten(hyper_leaves, spec), task)
+
+        with torch.enable_grad():
+            free = [leaf.clone().requires_grad_(True) for leaf in leaves]
+            value = evaluate(free)
+            grads = (torch.autograd.grad(value, free, allow_unused=True) if value.requires_grad
+                     else [None] * len(free))
+        if not bool(torch.isfinite(value)):
+            continue  # the probes compare values
+        zero = {i for i, d in enumerate(grads) if d is None or not bool(d.any())}
+        read = _read_leaf(evaluate, value.detach(), leaves, zero)
+        if read is not None:
+            raise InvalidInputError(
+                f"problem.{name} reads h{paths[read]} outside autograd (.item(), float(), or a "
+                "Python `if` on its value): its gradient there is exactly 0, yet changing "
+                f"h{paths[read]} changes the loss, so every estimator would drop that dependence "
+                "from the hypergradient; keep it a tensor in the arithmetic (torch.where(cond, "
+                "a, b) for a condition)")
+
+
+def _read_leaf(evaluate, value, leaves, zero: set) -> int | None:
+    """The first index in `zero` whose leaf, moved by a small step or sign-flipped, changes
+    evaluate(leaves) from `value`; None if none does. All of `zero` is moved at once first,
+    so that a problem without the fault pays one evaluation per move, not one per leaf."""
+    def changes(group, move) -> bool:
+        moved = [move(leaf) if k in group else leaf for k, leaf in enumerate(leaves)]
+        with torch.no_grad():
+            return not torch.equal(evaluate(moved), value)
+
+    for move in (lambda t: t + 1e-3 * (1 + t.abs()), torch.neg):
+        if zero and changes(zero, move):
+            found = next((k for k in sorted(zero) if changes({k}, move)), None)
+            if found is not None:
+                return found
+    return None
 
 
 def _broadcasts(shape, target) -> bool:

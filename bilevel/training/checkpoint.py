@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bilevel.errors import RunDirectoryError
+from bilevel.errors import RunDirectoryError, RunWriteError
 
 FILENAME = "checkpoint.pt"
 CHECKSUM = "checksum"
@@ -76,7 +76,9 @@ def set_rng_states(generators: dict, states: dict) -> None:
 
 
 def save(directory: Path, state: dict) -> Path:
-    """Write `state` with its checksum to directory/checkpoint.pt atomically."""
+    """Write `state` with its checksum to directory/checkpoint.pt atomically; an OS error
+    (ENOSPC) is a RunWriteError naming the file, the previous checkpoint and no temporary
+    file left."""
     state = {k: v for k, v in state.items() if k != CHECKSUM}
     state[CHECKSUM] = content_digest(state)
     path = Path(directory) / FILENAME
@@ -87,8 +89,11 @@ def save(directory: Path, state: dict) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk: the previous checkpoint stays whole
+            raise RunWriteError(f"cannot write {path} ({error.strerror}); the previous "
+                                "checkpoint is left as it was") from None
         raise
     return path
 

@@ -14,6 +14,7 @@ over another run; temporary files that a killed run left behind are removed at t
 start.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bilevel import strict_json
-from bilevel.errors import RunDirectoryError
+from bilevel.errors import RunDirectoryError, RunWriteError
 from bilevel.training import checkpoint, hyperfile
 from bilevel.training.spec import RESUMABLE
 
@@ -45,10 +46,17 @@ def settings_digest(settings: dict) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write a temporary file beside `path`, then rename it over `path` (atomic)."""
+    """Write a temporary file beside `path`, then rename it over `path` (atomic); on an OS
+    error (a full disk, a read-only directory) the temporary file is removed, `path` left as
+    it was, and a RunWriteError names both."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise RunWriteError(f"cannot write {path} ({error.strerror}); it was left as it "
+                            "was") from None
 
 
 def write_hyper(directory: Path, h: dict, step: int) -> Path:
@@ -94,7 +102,8 @@ class RunDirectory:
     def close(self) -> None:
         """Close metrics.jsonl and release the directory's lock."""
         if self._metrics is not None:
-            self._metrics.close()
+            with contextlib.suppress(OSError):  # a full disk: what it held is in the history
+                self._metrics.close()
             self._metrics = None
         if self._lock is not None:
             self._lock.close()  # closing the file releases its flock
@@ -115,8 +124,12 @@ class RunDirectory:
 
     def log(self, record: dict) -> None:
         assert self._metrics is not None, "log() before restart_metrics()"
-        self._metrics.write(strict_json.dumps(record) + "\n")
-        self._metrics.flush()
+        try:
+            self._metrics.write(strict_json.dumps(record) + "\n")
+            self._metrics.flush()
+        except OSError as error:  # finish() writes it whole again from the history
+            raise RunWriteError(f"cannot write {self.path / 'metrics.jsonl'} "
+                                f"({error.strerror})") from None
 
     def finish(self, summary: dict, history: list) -> None:
         """Write summary.json, hyper.json (from the checkpoint on disk) and the plots; close
@@ -167,7 +180,12 @@ def differences(recorded, current, resumable=frozenset(), path="") -> list[str]:
 def _locked(path: Path):
     """The open lock file of the run directory `path`, locked; a RunDirectoryError when
     another process holds it."""
-    handle = (path / LOCK_FILE).open("a")
+    try:
+        handle = (path / LOCK_FILE).open("a")
+    except OSError as error:  # a read-only directory (or file system): before any work
+        raise RunDirectoryError(f"out={str(path)!r}: cannot write in the run directory "
+                                f"({error.strerror}: {LOCK_FILE}); its files were left as "
+                                "they are") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

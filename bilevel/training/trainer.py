@@ -27,7 +27,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel import devices
-from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError
+from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError, RunWriteError
 from bilevel.hypergradient import check_hyper, check_problem, hypergradient
 from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, per_task_name
 from bilevel.problem import BilevelProblem
@@ -402,7 +402,10 @@ class _Run:
 
     def save(self) -> None:
         assert self.out is not None, "save() without out=DIR"  # called only with files
-        checkpoint.save(self.out, self.state())
+        try:
+            checkpoint.save(self.out, self.state())
+        except RunWriteError as error:
+            raise RunWriteError(f"stopped after step {self.step}: {error}{self._kept()}") from None
         self.saved_step = self.step
 
     def interrupted(self, torn: bool) -> None:

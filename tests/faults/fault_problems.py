@@ -137,3 +137,37 @@ class CountingRidge(Ridge):
     def train_loss(self, phi, h, task):
         self.calls += 1
         return super().train_loss(phi, h, task)
+
+
+class ItemOnHyper(Ridge):
+    """Reads lam as a Python number: autograd sees no dependence on h["log_lam"]."""
+
+    def train_loss(self, phi, h, task):
+        return super().train_loss(phi, h, task) * (1 + h["log_lam"].item())
+
+
+class IfOnHyper(Ridge):
+    """Branches on the value of a hyperparameter h["w"] (0.5): piecewise constant in it."""
+
+    def init_hyper(self, generator=None):
+        return super().init_hyper() | {"w": torch.tensor(0.5, dtype=torch.float64)}
+
+    def val_loss(self, phi, h, task):
+        loss = super().val_loss(phi, h, task)
+        if h["w"] > 0:
+            return 2 * loss
+        return loss
+
+
+class FloatInLam(Ridge):
+    """A lam of its own that reads log_lam through float()."""
+
+    def lam(self, h):
+        return torch.tensor(2.0, dtype=torch.float64) ** float(h["log_lam"])
+
+
+class UnusedHyper(Ridge):
+    """A leaf no loss reads: its gradient is 0, legitimately."""
+
+    def init_hyper(self, generator=None):
+        return super().init_hyper() | {"spare": torch.ones(2, dtype=torch.float64)}
