@@ -125,6 +125,27 @@ class _Checked:
 
     registry = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_checks_first(cls, data):
+        """The unit built from the options as written, so that its own message for an
+        option out of its bounds ("samples must be an integer >= 100") is the one reported,
+        as the Python API reports it; a missing key or any other failure is left to the
+        schema's checks."""
+        if isinstance(data, dict) and data.get("name") in cls.registry.names():
+            options = {key: value for key, value in data.items() if key != "name"}
+            required = {name for name, field in cls.model_fields.items()
+                        if field.is_required() and name != "name"}
+            if not required <= set(options):
+                return data  # the schema says which is missing
+            try:
+                cls.registry.build(data["name"], options, argument=cls.registry.kind)
+            except BilevelError as error:
+                raise ValueError(str(error)) from None
+            except Exception:  # noqa: BLE001 (a wrong type: pydantic names what was expected)
+                pass
+        return data
+
     @model_validator(mode="after")
     def _builds(self):
         options = self.model_dump(exclude={"name"})
@@ -142,7 +163,7 @@ def _unit_union(kind: str, registry, checked: bool, skip=()):
         model = _unit_model(kind, name, registry.get(name), skip)
         if checked:
             # _Checked is a mixin of models, not itself one as pydantic's stub wants of a base.
-            model = create_model(model.__name__,
+            model = create_model(model.__name__, __doc__=model.__doc__,
                                  __base__=(model, _Checked))  # type: ignore[arg-type]
             model.registry = registry  # type: ignore[attr-defined]  # _Checked's
         members.append(model)
