@@ -94,6 +94,26 @@ def options_model(title: str, cls) -> type[BaseModel]:
                         __validators__=validators)  # type: ignore[arg-type]
 
 
+def documented_args(doc: str) -> dict[str, str]:
+    """{argument: meaning} from the `Args:` section of a docstring: one `name: meaning` line
+    per argument, indented under it, a meaning continued on more deeply indented lines."""
+    lines = doc.split("Args:\n", 1)[1].split("\n\n", 1)[0].splitlines() if "Args:\n" in doc \
+        else []
+    meanings: dict[str, str] = {}
+    indent = None
+    for line in lines:
+        depth = len(line) - len(line.lstrip())
+        name, colon, meaning = line.strip().partition(": ")
+        if indent is None or depth <= indent:
+            indent = depth
+            if colon and name.isidentifier():
+                meanings[name] = meaning
+        elif meanings:
+            last = next(reversed(meanings))
+            meanings[last] += " " + line.strip()
+    return meanings
+
+
 def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
     """One model for the unit registered as `name`: a Literal name and its options, typed
     from the dataclass fields or the constructor's signature (Any where unannotated)."""
@@ -101,6 +121,7 @@ def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
     if dataclasses.is_dataclass(cls):
         fields |= dataclass_fields(cls)
     else:
+        meanings = documented_args(inspect.getdoc(cls) or "")
         for parameter in list(inspect.signature(cls).parameters.values()):
             if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL,
                                                             parameter.VAR_KEYWORD):
@@ -111,8 +132,9 @@ def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
             elif isinstance(default, tuple):
                 default = list(default)
             annotation = Any if parameter.annotation is parameter.empty else parameter.annotation
-            fields[parameter.name] = (annotation,
-                                      ... if default is parameter.empty else default)
+            fields[parameter.name] = (annotation, Field(
+                ... if default is parameter.empty else default,
+                description=meanings.get(parameter.name)))
     title = f"{kind} {name}"
     doc = inspect.getdoc(cls) or ""
     return create_model(title.replace(" ", "_").replace("-", "_"), __base__=Strict,
