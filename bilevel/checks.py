@@ -12,12 +12,12 @@ from bilevel.errors import InvalidInputError
 
 def option(doc: str, default: Any = dataclasses.MISSING, *, minimum: int | None = None,
            maximum: int | None = None, above: float | None = None,
-           resumable: bool = False) -> Any:
+           resumable: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field that is a user's option: `doc` its meaning (the YAML reference
     prints it), `minimum` and `maximum` (integers) or `above` (numbers, exclusive) its
     bounds, checked by `in_bounds` and in the config schema; `resumable`: a resumed run may
-    change it (run options only)."""
-    return dataclasses.field(default=default, metadata={
+    change it (run options only); `default_factory` as dataclasses.field's."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={
         "doc": doc, "minimum": minimum, "maximum": maximum, "above": above,
         "resumable": resumable})
 

@@ -3,6 +3,7 @@ what each one costs. The measurement is pure; `gradcheck_table` formats it."""
 
 import statistics
 import time
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -27,10 +28,14 @@ COLUMNS = (  # (row key, header, format)
 
 def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | str | dict,
               methods: list[str] | None = None, reference: str | dict = "exact",
-              options: dict[str, dict] | None = None, repeats: int = 3) -> list[dict]:
+              options: dict[str, dict] | None = None, repeats: int = 3,
+              progress: Callable[[list[str]], Iterable[str]] | None = None) -> list[dict]:
     """Run each estimator on (problem, h, tasks, solver) and compare it with a reference.
 
-    methods: registered estimator names (default: every one, `bilevel list`).
+    methods: registered estimator names (default: every one that applies to the problem,
+        `bilevel list`: one that refuses it with an InvalidInputError, as fomaml refuses an
+        h without 'theta', gets the row {"method": name, "skipped": why}; a method named
+        here that does not apply raises that error).
     reference: the name of an estimator whose result is the reference ("exact": implicit
         differentiation at the solver's solution, the hypergradient when the solves have
         converged), or a gradient dict shaped like h (e.g. `problem.meta_gradient(h, tasks)`,
@@ -38,6 +43,8 @@ def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | 
     options: {method: {option: value}}, e.g. {"fo-bmaml": {"nu": 1e-6}}.
     repeats: timed runs per estimator, after one untimed run that gives the result; the
         median wall time is reported.
+    progress: wraps the list of methods in the iterable the loop runs over (a progress
+        bar, `tqdm`), or None.
 
     Returns one row (dict) per method:
         rel_error         ||grad - reference|| / ||reference|| over every leaf of h
@@ -48,6 +55,7 @@ def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | 
         peak_memory_mib   peak CUDA memory above what was allocated before the call, or None
                           on a CPU (not cheaply measurable there)
     """
+    every = methods is None
     methods = estimators.names() if methods is None else list(methods)
     for name in methods:
         estimators.get(name)
@@ -68,8 +76,16 @@ def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | 
     elif tree_structure(reference) != tree_structure(h):
         raise InvalidInputError(f"reference must be shaped like h, got {tree_structure(reference)} "
                            f"for h {tree_structure(h)}")
-    return [measure(problem, h, tasks, solver, name, options.get(name, {}), reference,
-                    repeats) for name in methods]
+    rows = []
+    for name in methods if progress is None else progress(methods):
+        try:
+            rows.append(measure(problem, h, tasks, solver, name, options.get(name, {}),
+                                reference, repeats))
+        except InvalidInputError as error:
+            if not every:
+                raise
+            rows.append({"method": name, "skipped": str(error)})
+    return rows
 
 
 def measure(problem, h, tasks, solver, method, options, reference, repeats) -> dict:
@@ -103,7 +119,10 @@ def measure(problem, h, tasks, solver, method, options, reference, repeats) -> d
 
 
 def gradcheck_table(rows: list[dict]) -> str:
-    """The rows of `gradcheck` as a plain-text table, one line per method."""
+    """The rows of `gradcheck` as a plain-text table, one line per method measured, then a
+    line per method skipped saying why."""
+    skipped = [f"skipped {row['method']}: {row['skipped']}" for row in rows if "skipped" in row]
+    rows = [row for row in rows if "skipped" not in row]
 
     def cell(row, key, spec):
         value = row.get(key)
@@ -118,4 +137,4 @@ def gradcheck_table(rows: list[dict]) -> str:
                        for i, (text, width) in enumerate(zip(line, widths, strict=True)))
              for line in table]
     lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return "\n".join(lines + skipped)

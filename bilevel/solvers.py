@@ -206,14 +206,15 @@ class _Stepwise(InnerSolver):
 class GD(_Stepwise):
     """Gradient descent: phi_{k+1} = phi_k - lr * grad g(phi_k)."""
 
-    lr: float
-    steps: int
-    tol: float | None = None
+    lr: float = checks.option("the step size", above=0)
+    steps: int = checks.option("gradient steps per solve (each task's gradient evaluations)",
+                               minimum=1)
+    tol: float | None = checks.option("a task stops moving once its gradient norm is at most "
+                                      "this (null: never; it still runs every step)", None,
+                                      above=0)
 
     def __post_init__(self):
-        checks.positive("lr", self.lr)
-        checks.integer("steps", self.steps, minimum=1)
-        checks.optional_positive("tol", self.tol)
+        checks.in_bounds(self)
 
     def _iterates(self, init):
         return (init,)
@@ -238,15 +239,17 @@ class Nesterov(_Stepwise):
     with beta_k = momentum, or k / (k + 3) (the convex schedule) when momentum is None.
     """
 
-    lr: float
-    steps: int
-    tol: float | None = None
-    momentum: float | None = None
+    lr: float = checks.option("the step size", above=0)
+    steps: int = checks.option("gradient steps per solve (each task's gradient evaluations)",
+                               minimum=1)
+    tol: float | None = checks.option("a task stops moving once its gradient norm is at most "
+                                      "this (null: never; it still runs every step)", None,
+                                      above=0)
+    momentum: float | None = checks.option("beta_k, in [0, 1) (null: k / (k + 3), the convex "
+                                           "schedule)", None)
 
     def __post_init__(self):
-        checks.positive("lr", self.lr)
-        checks.integer("steps", self.steps, minimum=1)
-        checks.optional_positive("tol", self.tol)
+        checks.in_bounds(self)
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise InvalidInputError(f"momentum must be in [0, 1) or None, got {self.momentum!r}")
 

@@ -19,6 +19,8 @@ accuracy; `sample_tasks(n, split="test")` draws meta-test tasks.
 """
 
 
+from collections.abc import Sequence
+
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -32,11 +34,23 @@ SPLITS = ("train", "test")
 
 
 class Digits(MLPPrior):
-    """N-way (`ways`) K-shot (`shots`) digit classification with a proximal prior."""
+    """N-way (`ways`) K-shot (`shots`) digit classification with a proximal prior.
 
-    def __init__(self, ways=4, shots=1, queries=10, hidden=(32,), train_classes=range(6),
-                 test_classes=range(6, 10), lam=1.0, learn_lam=True, dtype=torch.float32,
-                 device="cpu"):
+    Args:
+        ways: classes per task (N), at least 2
+        shots: support images per class (K)
+        queries: query images per class (Q)
+        hidden: the MLP's hidden widths (empty: a linear classifier)
+        train_classes: the digits meta-training tasks draw from
+        test_classes: the digits meta-test tasks draw from
+        lam: the prior's strength (its start when learned)
+        learn_lam: learn lam as h['log_lam'] (false: fixed)
+    """
+
+    def __init__(self, ways: int = 4, shots: int = 1, queries: int = 10,
+                 hidden: Sequence[int] = (32,), train_classes: Sequence[int] = range(6),
+                 test_classes: Sequence[int] = range(6, 10), lam: float = 1.0,
+                 learn_lam: bool = True, dtype=torch.float32, device="cpu"):
         self.ways = checks.integer("ways", ways, minimum=2)
         self.shots = checks.integer("shots", shots, minimum=1)
         self.queries = checks.integer("queries", queries, minimum=1)

@@ -28,10 +28,18 @@ from problems.linear_digits import LinearDigits
 
 
 class HyperCleaning(LinearDigits):
-    """Learn per-example weights that undo label noise, judged on a clean validation set."""
+    """Learn per-example weights that undo label noise, judged on a clean validation set.
 
-    def __init__(self, n_train=1000, n_val=300, corruption=0.5, l2=1e-3, seed=0,
-                 dtype=torch.float32, device="cpu"):
+    Args:
+        n_train: training images, each with a learned weight
+        n_val: clean validation images (the rest are the test set)
+        corruption: the fraction of training labels replaced by another class, in [0, 1)
+        l2: the fixed L2 weight of the inner problem, > 0
+        seed: seeds the split and the corruption
+    """
+
+    def __init__(self, n_train: int = 1000, n_val: int = 300, corruption: float = 0.5,
+                 l2: float = 1e-3, seed: int = 0, dtype=torch.float32, device="cpu"):
         if not 0 <= corruption < 1:
             raise InvalidInputError(f"corruption must be a fraction in [0, 1), got {corruption!r}")
         self.l2 = checks.positive("l2", l2)

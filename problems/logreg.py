@@ -29,10 +29,18 @@ from problems.linear_digits import LinearDigits
 
 
 class LogReg(LinearDigits):
-    """Softmax regression on the digits with a scalar or per-feature L2 weight."""
+    """Softmax regression on the digits with a scalar or per-feature L2 weight.
 
-    def __init__(self, n_train=500, n_val=500, per_feature=False, lam=1e-2, seed=0,
-                 dtype=torch.float32, device="cpu"):
+    Args:
+        n_train: training images
+        n_val: validation images (the rest are the test set)
+        per_feature: one L2 weight per input feature (and one for the biases), not one
+        lam: the L2 weight's start, > 0
+        seed: seeds the split
+    """
+
+    def __init__(self, n_train: int = 500, n_val: int = 500, per_feature: bool = False,
+                 lam: float = 1e-2, seed: int = 0, dtype=torch.float32, device="cpu"):
         self.per_feature = bool(per_feature)
         self.lam_init = checks.positive("lam", lam)
         self.split(n_train, n_val, seed, dtype, device)

@@ -26,10 +26,20 @@ from bilevel.devices import check_memory
 
 
 class Quadratic(BilevelProblem):
-    """A fixed pool of `n_tasks` quadratic tasks in dimension `dim` (the paper's M tasks)."""
+    """A fixed pool of `n_tasks` quadratic tasks in dimension `dim` (the paper's M tasks).
 
-    def __init__(self, dim=10, kappa=100.0, lam=1.0, n_tasks=16, distinct_val=False,
-                 seed=0, dtype=torch.float64, device="cpu"):
+    Args:
+        dim: the dimension of phi and theta
+        kappa: the condition number of each A_i (its eigenvalues log-spaced on [1, kappa])
+        lam: the prior's strength, the start of exp(h['log_lam'])
+        n_tasks: the tasks in the pool (M)
+        distinct_val: validation quadratics (C_i, d_i) of their own, not the training ones
+        seed: seeds the pool
+    """
+
+    def __init__(self, dim: int = 10, kappa: float = 100.0, lam: float = 1.0,
+                 n_tasks: int = 16, distinct_val: bool = False, seed: int = 0,
+                 dtype=torch.float64, device="cpu"):
         self.dim = checks.integer("dim", dim, minimum=1)
         self.kappa = checks.positive("kappa", kappa)
         if self.kappa < 1:

@@ -27,12 +27,22 @@ from bilevel import BilevelProblem, checks
 
 
 class Ridge(BilevelProblem):
-    """Per-feature ridge penalties tuned on a validation set (float64 by default)."""
+    """Per-feature ridge penalties tuned on a validation set (float64 by default).
+
+    Args:
+        n_train: training rows
+        n_val: validation rows
+        features: features (half of them informative)
+        noise: the noise's standard deviation sigma in y
+        lam: every feature's L2 weight at the start
+        seed: seeds the dataset
+    """
 
     regularization = "l2"
 
-    def __init__(self, n_train=50, n_val=50, features=10, noise=0.5, lam=0.1, seed=0,
-                 dtype=torch.float64, device="cpu"):
+    def __init__(self, n_train: int = 50, n_val: int = 50, features: int = 10,
+                 noise: float = 0.5, lam: float = 0.1, seed: int = 0, dtype=torch.float64,
+                 device="cpu"):
         self.n_train = checks.integer("n_train", n_train, minimum=1)
         self.n_val = checks.integer("n_val", n_val, minimum=1)
         self.features = checks.integer("features", features, minimum=1)

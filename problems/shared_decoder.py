@@ -46,10 +46,23 @@ def features(decoder: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 class SharedDecoder(BilevelProblem):
-    """Latent-code regression: meta-learn a decoder, the codes' prior theta and lam."""
+    """Latent-code regression: meta-learn a decoder, the codes' prior theta and lam.
 
-    def __init__(self, code=5, shots=5, queries=20, hidden=32, noise=0.5, spread=1.0,
-                 lam=1.0, learn_lam=True, seed=0, dtype=torch.float32, device="cpu"):
+    Args:
+        code: the latent code's dimension k
+        shots: support points per task (K)
+        queries: query points per task (Q)
+        hidden: the decoder's hidden width
+        noise: the labels' noise sigma
+        spread: the spread s of the tasks' codes around their mean
+        lam: the prior's strength (its start when learned)
+        learn_lam: learn lam as h['log_lam'] (false: fixed)
+        seed: seeds the teacher
+    """
+
+    def __init__(self, code: int = 5, shots: int = 5, queries: int = 20, hidden: int = 32,
+                 noise: float = 0.5, spread: float = 1.0, lam: float = 1.0,
+                 learn_lam: bool = True, seed: int = 0, dtype=torch.float32, device="cpu"):
         self.code = checks.integer("code", code, minimum=1)
         self.shots = checks.integer("shots", shots, minimum=1)
         self.queries = checks.integer("queries", queries, minimum=1)

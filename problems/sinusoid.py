@@ -26,6 +26,7 @@ the solver (maml, fomaml, reptile).
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -38,10 +39,21 @@ ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
 class Sinusoid(MLPPrior):
-    """K-shot sinusoid regression; `form` is "bmaml" (proximal, lam) or "maml" (no regulariser)."""
+    """K-shot sinusoid regression; `form` is "bmaml" (proximal, lam) or "maml" (no regulariser).
 
-    def __init__(self, shots=10, queries=10, hidden=(40, 40), form="bmaml", lam=1.0,
-                 learn_lam=True, activation="relu", dtype=torch.float32, device="cpu"):
+    Args:
+        shots: support points per task (K)
+        queries: query points per task (Q)
+        hidden: the MLP's hidden widths
+        form: bmaml (proximal prior, lam) or maml (no regulariser: phi follows the solver)
+        lam: the prior's strength (its start when learned; bmaml only)
+        learn_lam: learn lam as h['log_lam'] (false: fixed; bmaml only)
+        activation: the MLP's activation, relu or tanh (smooth)
+    """
+
+    def __init__(self, shots: int = 10, queries: int = 10, hidden: Sequence[int] = (40, 40),
+                 form: str = "bmaml", lam: float = 1.0, learn_lam: bool = True,
+                 activation: str = "relu", dtype=torch.float32, device="cpu"):
         self.shots = checks.integer("shots", shots, minimum=1)
         self.queries = checks.integer("queries", queries, minimum=1)
         self.hidden = tuple(checks.integer("hidden width", w, minimum=1) for w in hidden)

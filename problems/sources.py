@@ -3,6 +3,7 @@
 
 import dataclasses
 
+from bilevel import checks
 from bilevel.blocks.sources import Tasks
 from problems.sinusoid import Sinusoid
 
@@ -12,8 +13,11 @@ class SinusoidTasks:
     """The sinusoid family of `problems.sinusoid` (y = a sin(x - p)) as regression tasks with
     `shots` support and `queries` query points, x and y shaped (points, 1)."""
 
-    shots: int = 10
-    queries: int = 10
+    shots: int = checks.option("support points per task", 10, minimum=1)
+    queries: int = checks.option("query points per task", 10, minimum=1)
+
+    def __post_init__(self):
+        checks.in_bounds(self)
 
     def load(self, dtype, device) -> Tasks:
         family = Sinusoid(shots=self.shots, queries=self.queries, dtype=dtype, device=device)

@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 from bilevel.config.reference import markdown
+from bilevel.config.schema import documented_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,23 @@ LAYERS = [
 def test_config_reference_is_generated_from_the_schema():
     assert (ROOT / "docs" / "config.md").read_text() == markdown(), (
         "docs/config.md is stale: run `bilevel schema --markdown > docs/config.md`")
+
+
+def test_every_unit_option_is_typed_and_has_a_meaning():
+    """In the sections of registered units (problems by name, sources, models, solvers,
+    methods), no option row is typed `any` or has an empty meaning column."""
+    text = markdown()
+    units = text[text.index("## Problems by name"):]
+    rows = [line for line in units.splitlines() if line.startswith("| `")]
+    assert len(rows) > 50  # the sections are there
+    bare = [row for row in rows if row.endswith("|  |") or "| any |" in row]
+    assert not bare, "\n".join(bare)
+
+
+def test_documented_args_reads_an_args_section():
+    doc = "Title.\n\nArgs:\n    a: the first\n        continued\n    b: the second\n\nMore."
+    assert documented_args(doc) == {"a": "the first continued", "b": "the second"}
+    assert documented_args("No section.") == {}
 
 
 def layer(module: str) -> int:

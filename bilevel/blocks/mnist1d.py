@@ -20,7 +20,7 @@ import random
 import numpy as np
 
 from bilevel import checks
-from bilevel.blocks.sources import Tasks, sources, table_tasks
+from bilevel.blocks.sources import SPLIT, Tasks, sources, table_tasks
 from bilevel.errors import InvalidInputError
 
 INSTALL = "pip install 'bilevel[mnist1d]'"
@@ -53,13 +53,14 @@ class Mnist1d:
     signals in all (the package's default 5000: 4000 to draw tasks from, 1000 held out
     as the test set); `split` as for every table source (standardize: false by default)."""
 
-    split: dict = dataclasses.field(default_factory=dict)
-    samples: int = 5000
-    seed: int = 42
+    split: dict = checks.option(SPLIT + " (standardize: false by default)",
+                                default_factory=dict)
+    samples: int = checks.option("signals in all, a fifth of them held out as the test set",
+                                 5000, minimum=100)
+    seed: int = checks.option("the seed the signals are generated from", 42, minimum=0)
 
     def __post_init__(self):
-        checks.integer("samples", self.samples, minimum=100)
-        checks.integer("seed", self.seed)
+        checks.in_bounds(self)
 
     def load(self, dtype, device) -> Tasks:
         data = generate(self.samples, self.seed)

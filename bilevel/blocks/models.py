@@ -24,6 +24,7 @@ from bilevel.registry import Registry
 models = Registry("model")
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                "gelu": torch.nn.functional.gelu}
+ACTIVATION = f"the activation between layers: {', '.join(ACTIVATIONS)}"
 
 
 def init_mlp(sizes, generator=None, dtype=torch.float32, device="cpu") -> dict:
@@ -87,8 +88,9 @@ class Linear:
 class MLP:
     """A multilayer perceptron with hidden layer `widths` and `activation` between layers."""
 
-    widths: tuple[int, ...] = (40, 40)
-    activation: str = "relu"
+    widths: tuple[int, ...] = checks.option("the hidden layers' widths, each >= 1 (empty: "
+                                            "a linear model)", (40, 40))
+    activation: str = checks.option(ACTIVATION, "relu")
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(
@@ -152,11 +154,14 @@ class CNN:
     is conv, `norm` (none, or layer: per example, no state), `activation`, `pool` (none,
     max or avg by 2). Layers 0.. are the convolutions, the last the head (`shared_layers`)."""
 
-    channels: tuple[int, ...] = (32, 32, 32)
-    kernel: int = 3
-    activation: str = "relu"
-    pool: str = "none"
-    norm: str = "none"
+    channels: tuple[int, ...] = checks.option("output channels of each convolution, each "
+                                              ">= 1", (32, 32, 32))
+    kernel: int = checks.option("the filters' width (kernel x kernel on images)", 3,
+                                minimum=1)
+    activation: str = checks.option(ACTIVATION, "relu")
+    pool: str = checks.option("pooling by 2 after each block: none, max or avg", "none")
+    norm: str = checks.option("normalisation after each convolution: none, or layer (per "
+                              "example, no state)", "none")
 
     def __post_init__(self):
         if isinstance(self.channels, (str, int)) or not self.channels:
@@ -164,7 +169,7 @@ class CNN:
                                     f"{self.channels!r}")
         object.__setattr__(self, "channels", tuple(
             checks.integer("channels", c, minimum=1) for c in self.channels))
-        checks.integer("kernel", self.kernel, minimum=1)
+        checks.in_bounds(self)
         checks.one_of("activation", self.activation, tuple(ACTIVATIONS))
         checks.one_of("pool", self.pool, tuple(POOLS))
         checks.one_of("norm", self.norm, NORMS)

@@ -40,6 +40,10 @@ from bilevel.registry import Registry
 sources = Registry("task source", entry_points="bilevel.sources")
 KINDS = ("classification", "regression")
 SKLEARN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+# The meaning of every table source's `split` option.
+SPLIT = ("how rows become tasks: {kind: holdout, train, val, test, seed, standardize, "
+         "corruption} (one task; the default) or {kind: few-shot, ways, shots, queries, "
+         "classes, test_classes, test_tasks, standardize}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +321,8 @@ class SklearnDataset:
     """A dataset that scikit-learn ships (nothing is downloaded): digits, breast_cancer,
     wine, iris (classification) or diabetes (regression)."""
 
-    dataset: str
-    split: dict = dataclasses.field(default_factory=dict)
+    dataset: str = checks.option(f"one of {', '.join(SKLEARN)}")
+    split: dict = checks.option(SPLIT, default_factory=dict)
 
     def __post_init__(self):
         checks.one_of("dataset", self.dataset, SKLEARN)
@@ -373,9 +377,10 @@ class _TableFile(abc.ABC):
     targets are classes (classification, regression, or auto: whole numbers with at most 50
     distinct values are classes); a relative `path` is relative to the config's folder."""
 
-    path: str
-    kind: str = "auto"
-    split: dict = dataclasses.field(default_factory=dict)
+    path: str = checks.option("the file (relative: to the config's folder)")
+    kind: str = checks.option("classification, regression, or auto (whole numbers with at "
+                              "most 50 distinct values are classes)", "auto")
+    split: dict = checks.option(SPLIT, default_factory=dict)
 
     @abc.abstractmethod
     def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -396,8 +401,9 @@ class CsvFile(_TableFile):
     the target column (or gives its index; default: the last), every other column is a
     feature. `kind`, `split` and `path` as for every table source."""
 
-    target: str | int = -1
-    delimiter: str = ","
+    target: str | int = checks.option("the target column's name or index (-1: the last); "
+                                      "every other column is a feature", -1)
+    delimiter: str = checks.option("the one character between values", ",")
 
     def __post_init__(self):
         if not isinstance(self.delimiter, str) or len(self.delimiter) != 1 or \
@@ -452,8 +458,8 @@ class NpzFile(_TableFile):
     """A NumPy .npz file holding features (array `x`, rows by features) and targets (array
     `y`, one per row). `kind`, `split` and `path` as for every table source."""
 
-    x: str = "x"
-    y: str = "y"
+    x: str = checks.option("the array of features (rows, features)", "x")
+    y: str = checks.option("the array of targets, one per row", "y")
 
     def read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:

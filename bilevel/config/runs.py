@@ -6,6 +6,7 @@ it in anything but the keys of `RESUMABLE`.
 """
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -104,18 +105,21 @@ def test_metrics(built: Built, h: dict) -> dict[str, float] | None:
 def validate(config: Config) -> dict:
     """Everything short of training: build the problem, draw tasks, and evaluate one
     hypergradient with the configured solver and estimator (which must be finite)."""
-    built = build(config)
     resolved = config.resolved
-    generator = torch.Generator().manual_seed(resolved["seed"])
-    try:
-        h = built.problem.init_hyper(generator)
-        tasks = built.problem.sample_tasks(min(resolved["tasks_per_step"], 4), generator)
-        start = time.perf_counter()
-        grad, info = hypergradient(built.problem, h, tasks, solver=built.spec.solver,
-                                   method=built.spec.method)
-    except BilevelError as error:
-        raise config.error(f"the problem built, but one hypergradient failed: {error}",
-                           ("problem",)) from None
+    with progress_bar(config, total=2, desc="validate", unit="stage") as bar:
+        built = build(config)
+        bar.update()
+        generator = torch.Generator().manual_seed(resolved["seed"])
+        try:
+            h = built.problem.init_hyper(generator)
+            tasks = built.problem.sample_tasks(min(resolved["tasks_per_step"], 4), generator)
+            start = time.perf_counter()
+            grad, info = hypergradient(built.problem, h, tasks, solver=built.spec.solver,
+                                       method=built.spec.method)
+        except BilevelError as error:
+            raise config.error(f"the problem built, but one hypergradient failed: {error}",
+                               ("problem",)) from None
+        bar.update()
     # hypergradient raises on a non-finite result (NonFiniteTasksError, a BilevelError)
     seconds = time.perf_counter() - start
     norm = ravel(grad)[0].double().norm().item()
@@ -145,6 +149,23 @@ def check_gradients(config: Config, *, methods: list[str] | None = None,
     name = estimator.name
     method: dict = dataclasses.asdict(estimator) if dataclasses.is_dataclass(estimator) else {}
     options = {name: method} if method and (methods is None or name in methods) else {}
+
+    def each(names: list[str]):
+        return progress_bar(config, iterable=names, desc="gradcheck", unit="method")
+
     return gradcheck(built.problem, h, tasks, solver=built.spec.solver, methods=methods,
-                     reference=target, options=options, repeats=repeats)
+                     reference=target, options=options, repeats=repeats, progress=each)
+
+
+# Seconds of work before `validate` and `gradcheck` show a progress bar.
+PROGRESS_DELAY = 2.0
+
+
+def progress_bar(config: Config, **arguments):
+    """A tqdm bar on stderr, shown once the work has lasted PROGRESS_DELAY seconds (never
+    with `progress: false`), and cleared when it ends; `arguments` are tqdm's."""
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, delay=PROGRESS_DELAY, leave=False,
+                disable=not config.resolved["progress"], **arguments)
 

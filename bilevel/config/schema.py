@@ -94,6 +94,26 @@ def options_model(title: str, cls) -> type[BaseModel]:
                         __validators__=validators)  # type: ignore[arg-type]
 
 
+def documented_args(doc: str) -> dict[str, str]:
+    """{argument: meaning} from the `Args:` section of a docstring: one `name: meaning` line
+    per argument, indented under it, a meaning continued on more deeply indented lines."""
+    lines = doc.split("Args:\n", 1)[1].split("\n\n", 1)[0].splitlines() if "Args:\n" in doc \
+        else []
+    meanings: dict[str, str] = {}
+    indent = None
+    for line in lines:
+        depth = len(line) - len(line.lstrip())
+        name, colon, meaning = line.strip().partition(": ")
+        if indent is None or depth <= indent:
+            indent = depth
+            if colon and name.isidentifier():
+                meanings[name] = meaning
+        elif meanings:
+            last = next(reversed(meanings))
+            meanings[last] += " " + line.strip()
+    return meanings
+
+
 def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
     """One model for the unit registered as `name`: a Literal name and its options, typed
     from the dataclass fields or the constructor's signature (Any where unannotated)."""
@@ -101,6 +121,7 @@ def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
     if dataclasses.is_dataclass(cls):
         fields |= dataclass_fields(cls)
     else:
+        meanings = documented_args(inspect.getdoc(cls) or "")
         for parameter in list(inspect.signature(cls).parameters.values()):
             if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL,
                                                             parameter.VAR_KEYWORD):
@@ -111,8 +132,9 @@ def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
             elif isinstance(default, tuple):
                 default = list(default)
             annotation = Any if parameter.annotation is parameter.empty else parameter.annotation
-            fields[parameter.name] = (annotation,
-                                      ... if default is parameter.empty else default)
+            fields[parameter.name] = (annotation, Field(
+                ... if default is parameter.empty else default,
+                description=meanings.get(parameter.name)))
     title = f"{kind} {name}"
     doc = inspect.getdoc(cls) or ""
     return create_model(title.replace(" ", "_").replace("-", "_"), __base__=Strict,
@@ -124,6 +146,27 @@ class _Checked:
     dataclass): build it once, so those checks report at the unit's key path."""
 
     registry = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_checks_first(cls, data):
+        """The unit built from the options as written, so that its own message for an
+        option out of its bounds ("samples must be an integer >= 100") is the one reported,
+        as the Python API reports it; a missing key or any other failure is left to the
+        schema's checks."""
+        if isinstance(data, dict) and data.get("name") in cls.registry.names():
+            options = {key: value for key, value in data.items() if key != "name"}
+            required = {name for name, field in cls.model_fields.items()
+                        if field.is_required() and name != "name"}
+            if not required <= set(options):
+                return data  # the schema says which is missing
+            try:
+                cls.registry.build(data["name"], options, argument=cls.registry.kind)
+            except BilevelError as error:
+                raise ValueError(str(error)) from None
+            except Exception:  # noqa: BLE001 (a wrong type: pydantic names what was expected)
+                pass
+        return data
 
     @model_validator(mode="after")
     def _builds(self):
@@ -142,7 +185,7 @@ def _unit_union(kind: str, registry, checked: bool, skip=()):
         model = _unit_model(kind, name, registry.get(name), skip)
         if checked:
             # _Checked is a mixin of models, not itself one as pydantic's stub wants of a base.
-            model = create_model(model.__name__,
+            model = create_model(model.__name__, __doc__=model.__doc__,
                                  __base__=(model, _Checked))  # type: ignore[arg-type]
             model.registry = registry  # type: ignore[attr-defined]  # _Checked's
         members.append(model)

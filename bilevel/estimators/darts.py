@@ -49,10 +49,7 @@ class DARTS(Estimator):
     xi: the step, > 0; default the solver's lr.
     """
 
-    xi: float | None = None
-
-    def __post_init__(self):
-        checks.optional_positive("xi", self.xi)
+    xi: float | None = checks.option("the unrolled step (null: the solver's lr)", None, above=0)
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER):
         xi = self.xi if self.xi is not None else solver_lr(

@@ -171,16 +171,20 @@ class FOBMAML(Estimator):
     # Its result is grad F(h) only at converged inner solutions (meta_train warns).
     assumes_converged_inner = True
 
-    nu: float | str = "auto"
-    scheme: str = "symmetric"
-    warm_start_steps: int | None = None
+    nu: float | str = checks.option(
+        "the difference's step: a number > 0, auto (from the problem's gradient and curvature "
+        "scales at the inner init) or eps (from the float's precision alone)", "auto")
+    scheme: str = checks.option("forward (bias O(nu), 2 solves), symmetric (O(nu^2), 2 "
+                                "solves) or five-point (O(nu^4), 4 solves)", "symmetric")
+    warm_start_steps: int | None = checks.option(
+        "solve the unperturbed problem first, then every stencil point from its solution for "
+        "this many steps (null: every point solved from the inner init)", None, minimum=1)
 
     def __post_init__(self):
         checks.one_of("scheme", self.scheme, tuple(SCHEMES))
         if self.nu not in ("auto", "eps"):
             checks.positive("nu", self.nu)
-        if self.warm_start_steps is not None:
-            checks.integer("warm_start_steps", self.warm_start_steps, minimum=1)
+        super().__post_init__()
 
     def resolve_nu(self, dtype: torch.dtype, scale=1.0):
         """The step: `scale` (nu="auto"'s `nu_factor`, a number or one per task) times
