@@ -159,8 +159,18 @@ def _where(active, new, old):
 
 @dataclasses.dataclass(frozen=True)
 class _Stepwise(InnerSolver):
-    """The bookkeeping that GD and Nesterov share: gradient norms, and with `tol` the
-    mask of tasks still moving and the count of their steps."""
+    """The options and bookkeeping that GD and Nesterov share: gradient norms, and with
+    `tol` the mask of tasks still moving and the count of their steps."""
+
+    lr: float = checks.option("the step size", above=0)
+    steps: int = checks.option("gradient steps per solve (each task's gradient evaluations)",
+                               minimum=1)
+    tol: float | None = checks.option("a task stops moving once its gradient norm is at most "
+                                      "this (null: never; it still runs every step)", None,
+                                      above=0)
+
+    def __post_init__(self):
+        checks.in_bounds(self)
 
     @property
     def linear_steps(self) -> bool:
@@ -206,16 +216,6 @@ class _Stepwise(InnerSolver):
 class GD(_Stepwise):
     """Gradient descent: phi_{k+1} = phi_k - lr * grad g(phi_k)."""
 
-    lr: float = checks.option("the step size", above=0)
-    steps: int = checks.option("gradient steps per solve (each task's gradient evaluations)",
-                               minimum=1)
-    tol: float | None = checks.option("a task stops moving once its gradient norm is at most "
-                                      "this (null: never; it still runs every step)", None,
-                                      above=0)
-
-    def __post_init__(self):
-        checks.in_bounds(self)
-
     def _iterates(self, init):
         return (init,)
 
@@ -239,17 +239,11 @@ class Nesterov(_Stepwise):
     with beta_k = momentum, or k / (k + 3) (the convex schedule) when momentum is None.
     """
 
-    lr: float = checks.option("the step size", above=0)
-    steps: int = checks.option("gradient steps per solve (each task's gradient evaluations)",
-                               minimum=1)
-    tol: float | None = checks.option("a task stops moving once its gradient norm is at most "
-                                      "this (null: never; it still runs every step)", None,
-                                      above=0)
     momentum: float | None = checks.option("beta_k, in [0, 1) (null: k / (k + 3), the convex "
                                            "schedule)", None)
 
     def __post_init__(self):
-        checks.in_bounds(self)
+        super().__post_init__()
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise InvalidInputError(f"momentum must be in [0, 1) or None, got {self.momentum!r}")
 
