@@ -56,9 +56,18 @@ def _name_or_mapping(value):
     return {"name": value} if isinstance(value, str) else value
 
 
-def dataclass_fields(cls, types: dict | None = None) -> dict[str, Any]:
+# `bilevel.checks.option` bounds: pydantic's constraint and JSON Schema's keyword.
+BOUNDS = (("minimum", "ge", "minimum"), ("maximum", "le", "maximum"),
+          ("above", "gt", "exclusiveMinimum"))
+
+
+def dataclass_fields(cls, types: dict | None = None, *,
+                     validate_bounds: bool = True) -> dict[str, Any]:
     """pydantic fields of a dataclass's fields: typed from its hints (or `types`, by name),
-    with its defaults, and the meaning and bounds of `bilevel.checks.option` metadata."""
+    with its defaults, and the meaning and bounds of `bilevel.checks.option` metadata.
+    Without `validate_bounds` the bounds are only stated in the JSON Schema, and the
+    dataclass's own check (`checks.in_bounds`, when it is built) reports a value out of
+    them, in the words the Python API uses."""
     hints, types = typing.get_type_hints(cls), types or {}
     fields = {}
     for field in dataclasses.fields(cls):
@@ -66,13 +75,26 @@ def dataclass_fields(cls, types: dict | None = None) -> dict[str, Any]:
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
         meta = field.metadata
-        bounds = {key: meta[name] for key, name in (("ge", "minimum"), ("le", "maximum"),
-                                                    ("gt", "above"))
-                  if meta.get(name) is not None}
-        fields[field.name] = (types.get(field.name, hints.get(field.name, Any)), Field(
+        annotation = types.get(field.name, hints.get(field.name, Any))
+        bounds = {(constraint if validate_bounds else keyword): meta[name]
+                  for name, constraint, keyword in BOUNDS if meta.get(name) is not None}
+        if bounds and not validate_bounds:
+            annotation, bounds = _stated(annotation, bounds), {}
+        fields[field.name] = (annotation, Field(
             ... if default is dataclasses.MISSING else default, description=meta.get("doc"),
             **bounds))
     return fields
+
+
+def _stated(annotation, bounds: dict):
+    """`annotation` with JSON Schema's `bounds` on its value's type (not on None's): shown
+    in the schema, not validated."""
+    stated = Field(json_schema_extra=bounds)
+    arguments = typing.get_args(annotation)
+    if type(None) in arguments:
+        values = tuple(a for a in arguments if a is not type(None))
+        return Annotated[functools.reduce(operator.or_, values), stated] | None
+    return Annotated[annotation, stated]
 
 
 def options_model(title: str, cls) -> type[BaseModel]:
@@ -119,7 +141,7 @@ def _unit_model(kind: str, name: str, cls, skip=()) -> type[BaseModel]:
     from the dataclass fields or the constructor's signature (Any where unannotated)."""
     fields: dict[str, Any] = {"name": (Literal[name], ...)}
     if dataclasses.is_dataclass(cls):
-        fields |= dataclass_fields(cls)
+        fields |= dataclass_fields(cls, validate_bounds=False)
     else:
         meanings = documented_args(inspect.getdoc(cls) or "")
         for parameter in list(inspect.signature(cls).parameters.values()):
@@ -146,27 +168,6 @@ class _Checked:
     dataclass): build it once, so those checks report at the unit's key path."""
 
     registry = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _own_checks_first(cls, data):
-        """The unit built from the options as written, so that its own message for an
-        option out of its bounds ("samples must be an integer >= 100") is the one reported,
-        as the Python API reports it; a missing key or any other failure is left to the
-        schema's checks."""
-        if isinstance(data, dict) and data.get("name") in cls.registry.names():
-            options = {key: value for key, value in data.items() if key != "name"}
-            required = {name for name, field in cls.model_fields.items()
-                        if field.is_required() and name != "name"}
-            if not required <= set(options):
-                return data  # the schema says which is missing
-            try:
-                cls.registry.build(data["name"], options, argument=cls.registry.kind)
-            except BilevelError as error:
-                raise ValueError(str(error)) from None
-            except Exception:  # noqa: BLE001 (a wrong type: pydantic names what was expected)
-                pass
-        return data
 
     @model_validator(mode="after")
     def _builds(self):
