@@ -2,6 +2,7 @@
 mistake a newcomer makes in a first problem."""
 
 import torch
+import yaml
 
 import bilevel
 
@@ -171,3 +172,18 @@ class UnusedHyper(Ridge):
 
     def init_hyper(self, generator=None):
         return super().init_hyper() | {"spare": torch.ones(2, dtype=torch.float64)}
+
+
+def cli_run(tmp_path):
+    """(config path, run directory) of a small quadratic run, done by `bilevel run`."""
+    from bilevel.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "problem": {"name": "quadratic", "dim": 4, "kappa": 10.0, "n_tasks": 4},
+        "solver": {"name": "gd", "lr": 0.05, "steps": 10}, "steps": 3, "tasks_per_step": 2,
+        "progress": False}))
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    return config, out
+

@@ -22,7 +22,7 @@ from bilevel.training.rundir import write_atomically
 from bilevel.training.trainer import _Run
 from problems.quadratic import Quadratic
 from tests.faults import fault_problems as fp
-from tests.faults.fault_problems import setting
+from tests.faults.fault_problems import cli_run, setting
 
 SOLVER = bilevel.solvers.GD(lr=0.05, steps=10)
 SHORT = bilevel.solvers.GD(lr=0.1, steps=20)
@@ -83,13 +83,7 @@ def test_resume_in_a_read_only_directory_is_refused_before_any_work(tmp_path, mo
 
 def test_cli_resume_in_a_read_only_directory_is_one_line_and_exit_2(tmp_path, monkeypatch,
                                                                      capsys):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "problem": {"name": "quadratic", "dim": 4, "kappa": 10.0, "n_tasks": 4},
-        "solver": {"name": "gd", "lr": 0.05, "steps": 10}, "steps": 3, "tasks_per_step": 2,
-        "progress": False}))
-    out = tmp_path / "out"
-    assert main(["run", str(config), "--out", str(out)]) == 0
+    config, out = cli_run(tmp_path)
     saved = (out / checkpoint.FILENAME).read_bytes()
     capsys.readouterr()
     refuse_writes(monkeypatch, out, errno.EROFS)

@@ -10,6 +10,7 @@ import bilevel
 from bilevel.cli import main
 from bilevel.training.rundir import RunDirectory
 from problems.quadratic import Quadratic
+from tests.faults.fault_problems import cli_run
 
 SOLVER = bilevel.solvers.GD(lr=0.05, steps=10)
 
@@ -54,13 +55,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
 
 
 def test_resume_with_fewer_steps_than_done_is_refused_and_the_record_kept(tmp_path, capsys):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "problem": {"name": "quadratic", "dim": 4, "kappa": 10.0, "n_tasks": 4},
-        "solver": {"name": "gd", "lr": 0.05, "steps": 10}, "steps": 3, "tasks_per_step": 2,
-        "progress": False}))
-    out = tmp_path / "out"
-    assert main(["run", str(config), "--out", str(out)]) == 0
+    config, out = cli_run(tmp_path)
     recorded = (out / "config.yaml").read_text()
     assert main(["run", str(config), "--out", str(out), "--resume", "--set", "steps=2"]) == 2
     assert "has done 3 steps, more than steps=2" in capsys.readouterr().err
