@@ -6,6 +6,8 @@ Built on `torch.utils._pytree`, the pytree module that `torch.func` itself uses.
 import of the private one: the rest of `bilevel` imports its pytree functions from here.
 """
 
+import hashlib
+
 import torch
 from torch.utils._pytree import (
     MappingKey,
@@ -20,9 +22,10 @@ from torch.utils._pytree import (
     tree_unflatten,
 )
 
-__all__ = ["MappingKey", "detach", "keystr", "ravel", "relative_error", "tree_dot", "tree_flatten",
-           "tree_flatten_with_path", "tree_iter", "tree_leaves", "tree_leaves_with_path",
-           "tree_map", "tree_sq_norm", "tree_structure", "tree_unflatten"]
+__all__ = ["MappingKey", "detach", "fingerprint", "keystr", "raw_bytes", "ravel",
+           "relative_error", "tree_dot", "tree_flatten", "tree_flatten_with_path", "tree_iter",
+           "tree_leaves", "tree_leaves_with_path", "tree_map", "tree_sq_norm", "tree_structure",
+           "tree_unflatten"]
 
 
 def tree_dot(a, b) -> torch.Tensor:
@@ -33,6 +36,20 @@ def tree_dot(a, b) -> torch.Tensor:
 def tree_sq_norm(a) -> torch.Tensor:
     """||a||^2 summed over every leaf."""
     return tree_dot(a, a)
+
+
+def raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a tensor's values (on the CPU, in row-major order), for hashing."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
+
+
+def fingerprint(tree) -> str:
+    """SHA-256 of a pytree of tensors: the dtype, shape and bytes of every leaf."""
+    digest = hashlib.sha256()
+    for leaf in tree_leaves(tree):
+        digest.update(f"{leaf.dtype} {tuple(leaf.shape)};".encode())
+        digest.update(raw_bytes(leaf))
+    return digest.hexdigest()
 
 
 def detach(tree):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bilevel.errors import RunDirectoryError, RunWriteError
+from bilevel.tree import raw_bytes
 
 FILENAME = "checkpoint.pt"
 CHECKSUM = "checksum"
@@ -51,9 +52,7 @@ def content_digest(state: dict) -> str:
     digest = hashlib.sha256(repr(skeleton({k: v for k, v in state.items()
                                            if k != CHECKSUM})).encode())
     for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        digest.update(raw_bytes(tensor))
     return "sha256:" + digest.hexdigest()
 
 

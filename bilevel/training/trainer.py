@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel import devices
 from bilevel.errors import DivergenceError, InvalidInputError, RunDirectoryError, RunWriteError
@@ -38,6 +37,7 @@ from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_fini
 from bilevel.training.optimizers import global_norm
 from bilevel.training.rundir import RunDirectory, check_settings, settings_digest
 from bilevel.training.spec import RunSpec
+from bilevel.tree import fingerprint, tree_flatten, tree_unflatten
 
 # Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
 # error names them.
@@ -171,7 +171,7 @@ class _Run:
         # tasks in the checkpoint (`_check_first_tasks`).
         self.problem_record = {
             "class": f"{type(self.problem).__module__}.{type(self.problem).__qualname__}",
-            "init_hyper": warm_starts.fingerprint(h)}
+            "init_hyper": fingerprint(h)}
         self.first_tasks: str | None = None
         self.digest = settings_digest(self.settings(self.dtype))  # kept in every checkpoint
         if self.out is not None and self.processes.is_main:
@@ -223,7 +223,7 @@ class _Run:
         with torch.random.fork_rng(devices=[]):
             batch = self.problem.sample_tasks(self.spec.tasks_per_step,
                                               run_generator(self.spec.seed, 1))
-        if warm_starts.fingerprint(batch) != recorded:
+        if fingerprint(batch) != recorded:
             raise RunDirectoryError(
                 f"resume: {type(self.problem).__name__}'s tasks differ from those the run in "
                 f"{self.out} was trained on (its first batch of tasks, drawn from the run's "
@@ -259,7 +259,7 @@ class _Run:
         spec = self.spec
         batch = self.problem.sample_tasks(spec.tasks_per_step, self.generators["tasks"])
         if t == 1:
-            self.first_tasks = warm_starts.fingerprint(batch)
+            self.first_tasks = fingerprint(batch)
         tasks, n_local = distributed.shard(batch, spec.tasks_per_step, self.processes,
                                            "tasks_per_step")
         problem, solver, warm, warm_entries = self.problem, spec.solver, None, []
@@ -326,11 +326,12 @@ class _Run:
         (recorded as stopped, the step kept)."""
         if not self.callbacks or not self.processes.is_main:
             return
+        h, evaluated = self.h(), any(key.startswith("eval_") for key in record)
         try:
             for callback in self.callbacks:
-                callback.on_step(record, self.h())
-                if any(key.startswith("eval_") for key in record):
-                    callback.on_evaluation(record, self.h())
+                callback.on_step(record, h)
+                if evaluated:
+                    callback.on_evaluation(record, h)
         except Exception as error:
             if self.files is not None and self.saved_step != self.step:
                 self.save()

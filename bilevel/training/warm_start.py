@@ -24,7 +24,6 @@ its tensors) is kept with phi_t, and a step whose batch differs is an error.
 """
 
 import dataclasses
-import hashlib
 
 import torch
 
@@ -34,7 +33,7 @@ from bilevel.errors import InvalidInputError
 from bilevel.info import per_task_scalars
 from bilevel.inner import grad_ratio, solve_batch, solve_from
 from bilevel.problem_view import ProblemView
-from bilevel.tree import tree_leaves, tree_map
+from bilevel.tree import fingerprint, tree_map
 
 # The per-task entry of how far the warm solves got, against the first step's cold start.
 GRAD_RATIO = "warm_start_grad_ratio"
@@ -76,15 +75,6 @@ class WarmStart(checks.Options):
         phi, stats = solve_from(run, problem.inner_objective, start, (h, tasks), (None, 0),
                                 compilation)
         return phi, stats, run.steps
-
-
-def fingerprint(tasks) -> str:
-    """SHA-256 of a batch of tasks: the dtype, shape and bytes of every leaf."""
-    digest = hashlib.sha256()
-    for leaf in tree_leaves(tasks):
-        digest.update(f"{leaf.dtype} {tuple(leaf.shape)};".encode())
-        digest.update(leaf.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def scalars(stats: dict, evals: int, device) -> list:
