@@ -28,7 +28,8 @@ ON_NON_FINITE = ("raise", "drop", "keep")
 def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
                   solver: InnerSolver | str | dict,
                   method: str | Estimator = "fo-bmaml", on_non_finite: str = "raise",
-                  compile: bool | str | Compilation = False, **options) -> tuple[dict, Info]:
+                  compile: bool | str | Compilation = False, state: dict | None = None,
+                  **options) -> tuple[dict, Info]:
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 
     problem: a `BilevelProblem`.
@@ -52,6 +53,11 @@ def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
         shapes, dtype and device, reused after), falling back to eager with a warning for
         what cannot be compiled; "strict" raises `bilevel.compiled.CompileError` instead; a
         `bilevel.compiled.Compilation` also chooses the backend and CUDA graphs.
+    state: for a stateful estimator (single-loop: "soba", "amigo", "bome", "f2sa";
+        `bilevel.estimators.stateful`), the state the previous call returned as
+        `info.state`, one slot per task of `tasks` in order; None starts one. The call is
+        one iteration and returns the next state as `info.state`. A stateless estimator
+        takes none (an error), and a stateful one cannot drop tasks (on_non_finite="drop").
 
     Returns (grad, info): grad has exactly the keys and shapes of h; info is a
     `bilevel.info.Info`, a read-only mapping of diagnostics: the outer loss and final
@@ -69,6 +75,7 @@ def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
     check_values(h, tasks, finite=on_non_finite != "keep")
     estimator = as_estimator(method, options)
     checks.one_of("on_non_finite", on_non_finite, ON_NON_FINITE)
+    _check_stateful(estimator, state, on_non_finite)
     compilation = Compilation.of(compile)
     # Estimators differentiate with torch.func only; h must carry no autograd graph,
     # or the inner solves would record one and their memory would grow with the steps.
@@ -79,10 +86,22 @@ def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
         compilation = compilation.eager_instead(f"method {estimator.name!r}",
                                                 estimator.not_compiled)
     estimate = functools.partial(estimator, compilation=compilation)
+    if estimator.stateful:
+        estimate = functools.partial(estimate, state=None if state is None else detach(state))
     grad, info = estimate(problem, h, tasks, solver)
     if _all_finite(grad, info):
         return grad, info
     return _non_finite(estimate, (problem, h, tasks, solver), grad, info, on_non_finite)
+
+
+def _check_stateful(estimator, state, on_non_finite: str) -> None:
+    if state is not None and not estimator.stateful:
+        raise InvalidInputError(f"state: method {estimator.name!r} carries no state across "
+                                "calls; pass state=None (or a single-loop method: soba, amigo, "
+                                "bome, f2sa)")
+    if estimator.stateful and on_non_finite == "drop":
+        raise InvalidInputError(f"on_non_finite='drop' cannot be used with {estimator.name!r}, "
+                                "whose state has one slot per task; use 'raise' or 'keep'")
 
 
 def _all_finite(grad, info) -> bool:
@@ -127,9 +146,11 @@ def _bad_tasks(estimator, call, info) -> tuple[int, ...]:
         return tuple(flags.nonzero()[:, 0].tolist())
     problem, h, tasks, solver = call
     bad = []
+    state = estimator.keywords.get("state")  # a stateful estimator's: sliced with the tasks
     for i in range(info.n_tasks):
         one = tree_map(lambda t, i=i: t[i:i + 1], tasks)
-        grad, _ = estimator(problem, h, one, solver)
+        rows = {} if state is None else {"state": tree_map(lambda t, i=i: t[i:i + 1], state)}
+        grad, _ = estimator(problem, h, one, solver, **rows)
         if not all(bool(torch.isfinite(g).all()) for g in tree_leaves(grad)):
             bad.append(i)
     return tuple(bad)

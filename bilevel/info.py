@@ -106,7 +106,9 @@ class Info(Mapping):
     settings: settings the estimator resolved (fo-bmaml: nu, scheme);
     non_finite_tasks: the indices (in the batch given) of the tasks whose gradient or loss
         was not finite; n_dropped: how many of them `on_non_finite="drop"` left out of the
-        average (the other entries then describe the finite tasks only).
+        average (the other entries then describe the finite tasks only);
+    state: a stateful estimator's state after the call (one slot per task; the next call's
+        `state`: bilevel.estimators.stateful), None for the others; not a logged entry.
     """
 
     method: str
@@ -119,6 +121,7 @@ class Info(Mapping):
     settings: Mapping = dataclasses.field(default_factory=dict)
     non_finite_tasks: tuple = ()
     n_dropped: int = 0
+    state: Mapping | None = None
 
     def _flat(self) -> dict:
         return {"method": self.method, "n_tasks": self.n_tasks, **self.cost.as_dict(),

@@ -1,11 +1,15 @@
 """Hypergradient estimators, registered by name in `estimators`. `Estimator` (the base class
-that declares their capabilities), `average_over_tasks` and `solve_info` are the pieces an
-estimator of one's own builds on (docs/extending.md); `as_estimator` gives one from an
-object or a name."""
+that declares their capabilities), `StatefulEstimator` (its base for methods that carry
+state across calls: the single-loop soba, amigo, bome and f2sa), `average_over_tasks` and
+`solve_info` are the pieces an estimator of one's own builds on (docs/extending.md);
+`as_estimator` gives one from an object or a name."""
 
 from bilevel.estimators import (
+    amigo,
+    bome,
     darts,
     exact,
+    f2sa,
     fobmaml,
     fobmaml_jvp,
     fomaml,
@@ -13,6 +17,8 @@ from bilevel.estimators import (
     maml,
     neumann,
     reptile,
+    soba,
+    stateful,
 )
 from bilevel.estimators.base import (
     Estimator,
@@ -21,7 +27,8 @@ from bilevel.estimators.base import (
     estimators,
     solve_info,
 )
+from bilevel.estimators.stateful import StatefulEstimator
 
-__all__ = ["Estimator", "as_estimator", "average_over_tasks", "darts", "estimators", "exact",
-           "fobmaml", "fobmaml_jvp", "fomaml", "imaml", "maml", "neumann", "reptile",
-           "solve_info"]
+__all__ = ["Estimator", "StatefulEstimator", "amigo", "as_estimator", "average_over_tasks",
+           "bome", "darts", "estimators", "exact", "f2sa", "fobmaml", "fobmaml_jvp", "fomaml",
+           "imaml", "maml", "neumann", "reptile", "soba", "solve_info", "stateful"]

@@ -6,9 +6,12 @@ name, and is called as `estimator(problem, h, tasks, solver, compilation=EAGER) 
 info)`: grad shaped like h, averaged over the tasks; info a `bilevel.info.Info` whose cost
 counts what the call spent (`bilevel.testing.EstimatorContract` checks it against a problem
 that counts its own
-derivative evaluations). Its per-task work is a function of (h, task), written for ONE
-task and batched here with `vmap`, compiled as its `compilation` (a
-`bilevel.compiled.Compilation`) says: the estimator passes it on to every batch it runs.
+derivative evaluations). Its per-task work is a function of (h, task), written for ONE task
+and batched here with `vmap`, compiled as its `compilation` (a `bilevel.compiled.
+Compilation`) says: the estimator passes it on to every batch it runs. An estimator that
+carries state across calls (single-loop methods) subclasses
+`bilevel.estimators.stateful.StatefulEstimator` instead, which declares its state and adds
+`state=` to the call (that module says how).
 """
 
 import abc
@@ -33,10 +36,14 @@ class Estimator(abc.ABC):
         from converged, `hypergradient` when the problem has no regulariser.
     not_compiled: why `compile=True` runs it eagerly (a warning; `compile="strict"` raises),
         or None when it compiles.
+    stateful: it carries state across calls (a `bilevel.estimators.stateful.
+        StatefulEstimator`: single-loop methods), called with `state=` and returning the
+        next one as `info.state`.
     """
 
     assumes_converged_inner: ClassVar[bool] = False
     not_compiled: ClassVar[str | None] = None
+    stateful: ClassVar[bool] = False
 
     def __post_init__(self):
         """Options declared with `bilevel.checks.option` checked against their bounds."""

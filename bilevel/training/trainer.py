@@ -37,7 +37,7 @@ from bilevel.training.metrics import evaluate_held_out, held_out_tasks, non_fini
 from bilevel.training.optimizers import global_norm
 from bilevel.training.rundir import RunDirectory, check_settings, settings_digest
 from bilevel.training.spec import RunSpec
-from bilevel.tree import fingerprint, tree_flatten, tree_unflatten
+from bilevel.tree import fingerprint, tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 # Quantities checked for NaN / Inf at every step (as `Info.scalars` names them), and how the
 # error names them.
@@ -131,6 +131,11 @@ class _Run:
         self.resume = resume
         self.warm = (None if spec.warm_start is None
                      else warm_starts.WarmStarts(spec.warm_start, problem, compile=spec.compile))
+        if self.warm is not None and spec.method.stateful:
+            raise InvalidInputError(f"warm_start cannot be used with {spec.method.name!r}, which "
+                                    "carries its own inner variables across steps")
+        # A stateful estimator's state (single-loop methods): one slot per task of the step.
+        self.estimator_state: dict | None = None
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
@@ -157,9 +162,11 @@ class _Run:
             self.penalized = spec.hyper_penalty.mask(h)
         self.device = leaves[0].device
         self.processes = distributed.start(self.device)
-        if self.warm is not None and self.processes.world_size > 1:
-            raise InvalidInputError(f"warm_start runs in one process only, got "
-                                    f"{self.processes.world_size} processes (torchrun)")
+        for what, used in (("warm_start", self.warm is not None),
+                           (f"method {spec.method.name!r} (stateful)", spec.method.stateful)):
+            if used and self.processes.world_size > 1:
+                raise InvalidInputError(f"{what} runs in one process only, got "
+                                        f"{self.processes.world_size} processes (torchrun)")
         self.eval_shard = None
         if spec.eval is not None:
             batch = held_out_tasks(self.problem, spec.eval.tasks, spec.seed)
@@ -241,7 +248,21 @@ class _Run:
         self.first_tasks = saved.get("first_tasks")
         if self.warm is not None:
             self.warm.restore(saved["warm_start"], self.device)
+        self.estimator_state = self._saved_estimator_state(saved.get("estimator_state"))
         self.saved_step = self.step
+
+    def _saved_estimator_state(self, state) -> dict | None:
+        """A checkpoint's estimator state on the run's device, its slots checked against
+        the tasks of a step (its shapes are checked at the next step, against the problem)."""
+        if not self.spec.method.stateful or state is None:
+            return None
+        slots = {leaf.shape[0] if leaf.ndim else None for leaf in tree_leaves(state)}
+        if slots != {self.spec.tasks_per_step}:
+            raise RunDirectoryError(
+                f"resume: the state of {self.spec.method.name!r} in {self.out} has "
+                f"{sorted(slots, key=str)} task slots, but a step has "
+                f"tasks_per_step={self.spec.tasks_per_step} tasks")
+        return tree_map(lambda t: t.to(self.device), state)
 
     def settings(self, dtype) -> dict:
         """The record of the run: the problem, the spec's options, and where it runs."""
@@ -270,7 +291,7 @@ class _Run:
         # "keep": a non-finite task stops the run below, as a DivergenceError.
         grad, info = hypergradient(problem, self.h(), tasks, solver=solver,
                                    method=spec.method, on_non_finite="keep",
-                                   compile=spec.compile)
+                                   compile=spec.compile, state=self.estimator_state)
         grads = tree_flatten(distributed.mean_over_tasks(grad, n_local, spec.tasks_per_step,
                                                          self.processes))[0]
         entries = []
@@ -313,6 +334,8 @@ class _Run:
             self.history.append(record)
             if self.warm is not None:
                 self.warm.commit(warm)
+            if info.state is not None:
+                self.estimator_state = info.state
             self.rng = checkpoint.rng_states(self.generators)
             if self.files is not None:
                 self.files.log(record)
@@ -399,7 +422,9 @@ class _Run:
             "time": self.elapsed + time.perf_counter() - self.clock,
             "settings_digest": self.digest,
             "first_tasks": self.first_tasks,
-        } | ({} if self.warm is None else {"warm_start": self.warm.state()})
+        } | ({} if self.warm is None else {"warm_start": self.warm.state()}) | (
+            {} if self.estimator_state is None else
+            {"estimator_state": tree_map(lambda t: t.detach().cpu(), self.estimator_state)})
 
     def save(self) -> None:
         assert self.out is not None, "save() without out=DIR"  # called only with files
