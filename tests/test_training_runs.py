@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bilevel.errors import RunDirectoryError
 from bilevel.training import checkpoint
-from bilevel.tree import relative_error
+from bilevel.tree import relative_error, tree_leaves, tree_map
 
 SCRIPT = Path(__file__).with_name("train_quadratic.py")
 ROOT = SCRIPT.parents[1]
@@ -56,6 +57,15 @@ def reference(tmp_path_factory):
     return checkpoint.load(out), records(out)
 
 
+def load_script():
+    """tests/train_quadratic.py as a module, its problem named as when launched."""
+    spec = importlib.util.spec_from_file_location("train_quadratic", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.SlowQuadratic.__module__ = "__main__"  # as settings.json names it when launched
+    return script
+
+
 def assert_same_run(out, reference):
     saved, history = checkpoint.load(out), records(out)
     expected, expected_history = reference
@@ -81,10 +91,7 @@ def test_a_killed_warm_started_run_resumes_to_the_same_result_bitwise(tmp_path_f
     """The warm starts (the last inner solutions) are in the checkpoint: killed after a
     checkpoint, the resumed run continues them and ends where an uninterrupted one does."""
     expected = tmp_path_factory.mktemp("warm-reference")
-    spec = importlib.util.spec_from_file_location("train_quadratic", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.SlowQuadratic.__module__ = "__main__"  # as settings.json names it when launched
+    script = load_script()
     script.train(expected, warm_start=True)  # in this process (as the resume): quicker
     out = tmp_path_factory.mktemp("warm")
     run = launch(out, "--warm-start", sleep=0.1)
@@ -99,6 +106,36 @@ def test_a_killed_warm_started_run_resumes_to_the_same_result_bitwise(tmp_path_f
     assert history[0]["inner_grad_evals"] == 5 * (10 + 2 * 4)  # 5 tasks: cold, then stencil
     assert {r["inner_grad_evals"] for r in history[1:]} == {5 * (3 + 2 * 4)}
     assert history[0]["warm_start_inner_grad_evals"] == 50
+
+
+def test_a_killed_single_loop_run_resumes_to_the_same_result_bitwise(tmp_path_factory):
+    """soba's state (z, v and its step counter, per task) is in the checkpoint: killed after
+    a checkpoint, the resumed run continues it and ends where an uninterrupted one does; a
+    checkpoint whose state has other task slots is refused."""
+    expected = tmp_path_factory.mktemp("soba-reference")
+    script = load_script()
+    script.train(expected, method="soba")
+    out = tmp_path_factory.mktemp("soba")
+    run = launch(out, "--method", "soba", sleep=0.1)
+    wait_for_lines(out, 5, run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    saved = checkpoint.load(out)
+    assert 4 <= saved["step"] < STEPS and saved["estimator_state"]["t"].tolist() == [
+        saved["step"]] * 5
+    torn = tmp_path_factory.mktemp("soba-torn")
+    for name in ("settings.json", "metrics.jsonl"):
+        (torn / name).write_text((out / name).read_text())
+    checkpoint.save(torn, saved | {"estimator_state": tree_map(lambda t: t[:3],
+                                                               saved["estimator_state"])})
+    with pytest.raises(RunDirectoryError, match="3] task slots, but a step has tasks_per_step=5"):
+        script.train(torn, resume=True, method="soba")
+    script.train(out, resume=True, method="soba")
+    reference = checkpoint.load(expected)
+    assert_same_run(out, (reference, records(expected)))
+    for a, b in zip(tree_leaves(checkpoint.load(out)["estimator_state"]),
+                    tree_leaves(reference["estimator_state"]), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_ctrl_c_checkpoints_the_last_completed_step_and_resumes(tmp_path, reference):

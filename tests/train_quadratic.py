@@ -1,7 +1,8 @@
 """A tiny meta_train run on the quadratic, launched as a subprocess by tests/test_training_runs.py
 (plainly, or under torchrun). `--sleep` slows each step down (without changing any number)
 so that a test can interrupt the run halfway; `--warm-start` trains on the same 5 tasks every
-step, with the inner solves warm-started across steps."""
+step, with the inner solves warm-started across steps; `--method NAME` trains with a single-loop
+method (its state carried across steps) on the same 5 tasks every step."""
 
 import argparse
 import pathlib
@@ -34,11 +35,13 @@ class SlowQuadratic(Quadratic):
         return super().sample_tasks(n, generator)
 
 
-def train(out, sleep=0.0, resume=False, warm_start=False):
-    warm = {"warm_start": {"steps": 3, "estimator_steps": 4}} if warm_start else {}
-    return bilevel.meta_train(SlowQuadratic(sleep, warm_start),
+def train(out, sleep=0.0, resume=False, warm_start=False, method=None):
+    extra = {"warm_start": {"steps": 3, "estimator_steps": 4}} if warm_start else {}
+    if method is not None:
+        extra = {"method": {"name": method}}
+    return bilevel.meta_train(SlowQuadratic(sleep, warm_start or method is not None),
                               solver=bilevel.solvers.GD(lr=0.05, steps=10), seed=3, out=out,
-                              resume=resume, progress=False, **SETTINGS, **warm)
+                              resume=resume, progress=False, **(SETTINGS | extra))
 
 
 def main():
@@ -47,8 +50,9 @@ def main():
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--warm-start", action="store_true")
+    parser.add_argument("--method")
     args = parser.parse_args()
-    train(args.out, args.sleep, args.resume, args.warm_start)
+    train(args.out, args.sleep, args.resume, args.warm_start, args.method)
 
 
 if __name__ == "__main__":
