@@ -8,6 +8,11 @@ Each outer step t = 1, ..., steps:
     h      <- outer optimizer step with g; scheduler step (optional)
     every eval_every steps: mean of problem.eval_metrics on held-out tasks at h
 
+A stateful estimator (single-loop: soba, amigo, bome, f2sa; bilevel.estimators.stateful)
+gets the state its previous step returned (one slot per task of the step; the first step
+starts it) and its direction is g; the state is part of the run's state, in every
+checkpoint, so a resumed run continues it bit for bit.
+
 Only this module holds state, writes files (through `RunDirectory` and `checkpoint`)
 and prints; everything it calls is a pure function of tensors.
 """
