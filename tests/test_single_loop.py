@@ -13,6 +13,7 @@ from bilevel.estimators import estimators
 from bilevel.problem_view import ProblemView
 from bilevel.tree import relative_error, tree_map
 from problems.quadratic import Quadratic
+from tests.conftest import aot_eager
 
 SOLVER = bilevel.solvers.GD(lr=0.25, steps=1)  # inner Hessians' eigenvalues in [2, 4]
 EXACT = bilevel.solvers.GD(lr=0.25, steps=200)
@@ -146,3 +147,26 @@ def test_meta_train_keeps_the_state_across_steps():
     start = base.init_hyper(bilevel.training.metrics.run_generator(0, 0))
     _, looped, _ = iterate("soba", base, start, tasks, 5, outer_lr=0.1, decay=0.0)
     assert relative_error(result.h, looped) < 1e-14
+
+
+@pytest.mark.parametrize("method", ["soba", "bome"])
+def test_compiled_iterations_equal_eager(method, monkeypatch):
+    """compile="strict" (traced with aot_eager) gives the eager directions and states: soba
+    (its products by one pull-back) and bome (its multiplier's clamp and division); amigo and
+    f2sa, whose loops are those of soba's and bome's operations, passed too (30 s each
+    compiling on the shared CPU, left out)."""
+    aot_eager(monkeypatch)
+    problem, h, tasks = quadratic()
+    options = {} if method == "soba" else {"inner_steps": 2}
+    runs = []
+    for compile in (False, "strict"):
+        state = None
+        for _ in range(2):
+            direction, info = bilevel.hypergradient(problem, h, tasks, solver=SOLVER,
+                                                    method=method, compile=compile,
+                                                    state=state, **options)
+            state = info.state
+        runs.append((direction, state))
+    (eager, eager_state), (fast, fast_state) = runs
+    assert relative_error(fast, eager) < 1e-10
+    assert relative_error(fast_state, eager_state) < 1e-12
