@@ -147,6 +147,8 @@ def test_meta_train_keeps_the_state_across_steps():
     start = base.init_hyper(bilevel.training.metrics.run_generator(0, 0))
     _, looped, _ = iterate("soba", base, start, tasks, 5, outer_lr=0.1, decay=0.0)
     assert relative_error(result.h, looped) < 1e-14
+    last = result.history[-1]
+    assert last["lr"] == 0.1 and last["inner_lr"] == 0.25  # the outer and the inner step
 
 
 @pytest.mark.parametrize("method", ["soba", "bome"])

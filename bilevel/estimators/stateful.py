@@ -122,7 +122,7 @@ class StatefulEstimator(Estimator):
         steps = torch.full((n_tasks,), self.inner_updates, device=stats[LOSS_KEY].device)
         info = Info(method=self.name, n_tasks=n_tasks, cost=(cost + self.cost) * n_tasks,
                     inner_grad_norm=stats["grad_norm"], inner_steps=steps,
-                    val_loss=stats[LOSS_KEY], per_task=per_task, settings={"lr": lr},
+                    val_loss=stats[LOSS_KEY], per_task=per_task, settings={"inner_lr": lr},
                     state=new_state)
         return tree_map(lambda d: d.mean(0), directions), info
 
