@@ -172,3 +172,19 @@ def test_compiled_iterations_equal_eager(method, monkeypatch):
     (eager, eager_state), (fast, fast_state) = runs
     assert relative_error(fast, eager) < 1e-10
     assert relative_error(fast_state, eager_state) < 1e-12
+
+
+def test_inner_grad_ratio_judges_the_carried_iterate_against_the_first_start():
+    """info["inner_grad_ratio"]: ||d_phi g|| at the carried iterate over its value at
+    inner_init (kept in the state): at the first call, at phi_3 after 3 solver steps, the
+    solver's ratio of 4 steps (its last gradient is taken at phi_3); a step size too large
+    for g (0.9 > 2 / 4) makes it grow past meta_train's divergence_factor."""
+    problem, h, tasks = quadratic()
+    solver = bilevel.solvers.GD(lr=0.25, steps=3)
+    _, first = bilevel.hypergradient(problem, h, tasks, solver=solver, method="soba")
+    _, solved = bilevel.hypergradient(problem, h, tasks, solver=solver.with_steps(4),
+                                      method="fomaml")
+    torch.testing.assert_close(first["inner_grad_ratio"], solved["inner_grad_ratio"],
+                               rtol=1e-12, atol=0)
+    _, _, info = iterate("soba", problem, h, tasks, 20, lr=0.9, decay=0.0)
+    assert info["inner_grad_ratio"].min() > 1e3

@@ -39,9 +39,15 @@ from bilevel import compiled
 from bilevel.compiled import EAGER, Compilation
 from bilevel.errors import InvalidInputError
 from bilevel.estimators.base import Estimator, solver_lr
-from bilevel.info import LOSS_KEY, Cost, Info
-from bilevel.inner import solve_batch
-from bilevel.tree import keystr, tree_leaves_with_path, tree_map, tree_structure
+from bilevel.info import INNER_GRAD_RATIO, LOSS_KEY, Cost, Info
+from bilevel.inner import grad_ratio, solve_batch
+from bilevel.tree import keystr, ravel, tree_leaves_with_path, tree_map, tree_structure
+
+# The state's entry that the base keeps for every task: the inner gradient norm at
+# problem.inner_init (the first solve's first), against which info["inner_grad_ratio"]
+# judges every call's (0 when the solver does not report it), as meta_train's divergence
+# check reads it: an inner variable that blows up stops the run.
+START_NORM = "grad_norm_start"
 
 
 class StatefulEstimator(Estimator):
@@ -56,6 +62,8 @@ class StatefulEstimator(Estimator):
         "grad_norm" (||d_phi g|| there), and any per-task diagnostics of the method;
     cost: the Cost of one iteration of one task; inner_updates: the inner-variable
         updates of one iteration (Info's inner_steps);
+    the base adds the entry START_NORM to every task's state and reports
+    info["inner_grad_ratio"] = grad_norm / that (meta_train's divergence check reads it);
     and its option `lr` (None: the solver's lr), the inner step size.
     """
 
@@ -99,14 +107,18 @@ class StatefulEstimator(Estimator):
         """The state of the first task alone, from problem.inner_init (no solve): the
         structure, shapes (less the task dimension) and dtypes a state must have."""
         task = tree_map(lambda t: t[0], tasks)
-        return self.start(problem, problem.inner_init(h, task), h, task)
+        phi = problem.inner_init(h, task)
+        start_norm = torch.zeros_like(ravel(phi)[0][0])
+        return self.start(problem, phi, h, task) | {START_NORM: start_norm}
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER,
                  state: dict | None = None) -> tuple[dict, Info]:
         lr = self.step_size(solver)
         cost = Cost()
         if state is None:
-            state, _ = self.init_state(problem, h, tasks, solver, compilation=compilation)
+            state, stats = self.init_state(problem, h, tasks, solver, compilation=compilation)
+            start_norm = stats.get("grad_norm_start", torch.zeros_like(stats["grad_norm"]))
+            state = state | {START_NORM: start_norm}
             cost = Cost.solve(solver.steps)
         else:
             check_state(state, self.template(problem, h, tasks),
@@ -118,7 +130,10 @@ class StatefulEstimator(Estimator):
         directions, new_state, stats = compiled.batch(
             iteration, (0, None, 0), compilation, f"{self.name}'s iteration")(state, h, tasks)
         n_tasks = stats[LOSS_KEY].shape[0]
-        per_task = {k: v for k, v in stats.items() if k not in (LOSS_KEY, "grad_norm")}
+        new_state = new_state | {START_NORM: state[START_NORM]}
+        ratio = grad_ratio({"grad_norm": stats["grad_norm"], "grad_norm_start": state[START_NORM]})
+        per_task = {INNER_GRAD_RATIO: ratio} | {
+            k: v for k, v in stats.items() if k not in (LOSS_KEY, "grad_norm")}
         steps = torch.full((n_tasks,), self.inner_updates, device=stats[LOSS_KEY].device)
         info = Info(method=self.name, n_tasks=n_tasks, cost=(cost + self.cost) * n_tasks,
                     inner_grad_norm=stats["grad_norm"], inner_steps=steps,
