@@ -25,10 +25,6 @@ COLUMNS = (  # (row key, header, format)
     ("peak_memory_mib", "peak mem [MiB]", "{:.1f}"),
 )
 
-# Why the default list skips the stateful estimators.
-SINGLE_LOOP = ("a single-loop method: one call is one iteration from a fresh state, not an "
-               "estimate of the hypergradient (docs/theory.md); name it to measure that")
-
 
 def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | str | dict,
               methods: list[str] | None = None, reference: str | dict = "exact",
@@ -39,8 +35,9 @@ def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | 
     methods: registered estimator names (default: every one that applies to the problem,
         `bilevel list`: one that refuses it with an InvalidInputError, as fomaml refuses an
         h without 'theta', gets the row {"method": name, "skipped": why}; a method named
-        here that does not apply raises that error; a single-loop method is skipped unless
-        named, and then measured as one iteration from a fresh state).
+        here that does not apply raises that error). A single-loop method (soba, amigo, bome,
+        f2sa) is measured as its first call: one iteration from a fresh state after the
+        solve, not the direction it converges to over calls (docs/theory.md).
     reference: the name of an estimator whose result is the reference ("exact": implicit
         differentiation at the solver's solution, the hypergradient when the solves have
         converged), or a gradient dict shaped like h (e.g. `problem.meta_gradient(h, tasks)`,
@@ -83,9 +80,6 @@ def gradcheck(problem: BilevelProblem, h: dict, tasks, *, solver: InnerSolver | 
                            f"for h {tree_structure(h)}")
     rows = []
     for name in methods if progress is None else progress(methods):
-        if every and estimators.get(name).stateful:
-            rows.append({"method": name, "skipped": SINGLE_LOOP})
-            continue
         try:
             rows.append(measure(problem, h, tasks, solver, name, options.get(name, {}),
                                 reference, repeats))
