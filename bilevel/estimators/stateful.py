@@ -57,9 +57,8 @@ class StatefulEstimator(Estimator):
     start(problem, phi, h, task) -> state_i: the task's state from the solver's inner
         solution phi;
     update(problem, state_i, h, task, lr) -> (direction_i, new_state_i, stats_i): one
-        iteration,
-        stats_i holding LOSS_KEY (val_loss at the iterate the direction is taken at) and
-        "grad_norm" (||d_phi g|| there), and any per-task diagnostics of the method;
+        iteration, stats_i holding LOSS_KEY (val_loss at the iterate the direction is
+        taken at), "grad_norm" (||d_phi g|| there) and the method's per-task diagnostics;
     cost: the Cost of one iteration of one task; inner_updates: the inner-variable
         updates of one iteration (Info's inner_steps);
     the base adds the entry START_NORM to every task's state and reports
@@ -95,13 +94,15 @@ class StatefulEstimator(Estimator):
     def init_state(self, problem, h: dict, tasks, solver, *,
                    compilation: Compilation = EAGER) -> tuple[dict, dict]:
         """(state, stats): every task's inner problem solved by `solver` from
-        problem.inner_init (one batch), made into its state by `start`; the solver's
-        stats."""
+        problem.inner_init (one batch), made into its state by `start`, with START_NORM;
+        the solver's stats."""
         def start(phi, h, task):
             return self.start(problem, phi, h, task)
 
-        return solve_batch(solver, problem.inner_objective, problem.inner_init, (h, tasks),
-                           (None, 0), compilation, then=start)
+        state, stats = solve_batch(solver, problem.inner_objective, problem.inner_init,
+                                   (h, tasks), (None, 0), compilation, then=start)
+        start_norm = stats.get("grad_norm_start", torch.zeros_like(stats["grad_norm"]))
+        return state | {START_NORM: start_norm}, stats
 
     def template(self, problem, h: dict, tasks) -> dict:
         """The state of the first task alone, from problem.inner_init (no solve): the
@@ -116,9 +117,7 @@ class StatefulEstimator(Estimator):
         lr = self.step_size(solver)
         cost = Cost()
         if state is None:
-            state, stats = self.init_state(problem, h, tasks, solver, compilation=compilation)
-            start_norm = stats.get("grad_norm_start", torch.zeros_like(stats["grad_norm"]))
-            state = state | {START_NORM: start_norm}
+            state, _ = self.init_state(problem, h, tasks, solver, compilation=compilation)
             cost = Cost.solve(solver.steps)
         else:
             check_state(state, self.template(problem, h, tasks),
