@@ -66,3 +66,13 @@ def test_largest_fitting_stops_at_the_first_candidate_over_the_limit():
     assert bench.largest_fitting(candidates, np.array([1, limit + 1, 1, 1])) == 16
     assert bench.largest_fitting(candidates, np.array([1, 1, 1, limit])) == 64
     assert bench.largest_fitting(candidates, np.array([limit + 1, 1, 1, 1])) is None
+
+
+def test_plot_writes_both_panels(tmp_path):
+    rows = rows_of({"maml": GROWING, "fomaml": FLAT})
+    check = {"method": "maml", "steps": 100, "channels": 352,
+             "measured_peak_memory_mib": float(bench.predict(GROWING, 100, 352))}
+    result = {"rows": rows, "sweep": {"steps_at": 256, "channels_at": 100}, "device": "cpu",
+              "fit_check": [check, check | {"channels": 512, "measured_peak_memory_mib": None}]}
+    bench.plot(result, tmp_path / "memory.png")
+    assert (tmp_path / "memory.png").stat().st_size > 10_000
