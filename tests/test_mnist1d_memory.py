@@ -14,8 +14,10 @@ CONFIGS = ([(k, 256) for k in (5, 10, 25, 50, 100)] + [(100, c) for c in (16, 32
 
 
 def rows_of(coefficients: dict, configs=CONFIGS) -> list[dict]:
+    """Rows at `configs`, memory added over the peak of the benchmark's 2-step warm-up."""
     return [{"method": method, "steps": k, "channels": c,
-             "peak_memory_mib": float(bench.predict(coef, k, c))}
+             "peak_memory_mib": float(bench.predict(coef, k, c)),
+             "peak_memory_added_mib": float(bench.predict(coef, k, c) - bench.predict(coef, 2, c))}
             for method, coef in coefficients.items() for k, c in configs]
 
 
@@ -76,3 +78,13 @@ def test_plot_writes_both_panels(tmp_path):
               "fit_check": [check, check | {"channels": 512, "measured_peak_memory_mib": None}]}
     bench.plot(result, tmp_path / "memory.png")
     assert (tmp_path / "memory.png").stat().st_size > 10_000
+
+
+def test_ratios_over_the_steps_hold_first_order_methods_to_1_1x():
+    rows = rows_of({"maml": GROWING, "fomaml": FLAT})
+    over = bench.ratios(rows, "steps", "channels", 256)
+    # 256 channels: 491.136 MiB before the steps, 32.4608 MiB per step for maml
+    assert over["maml"]["peak_memory_ratio"] == pytest.approx(
+        (491.136 + 100 * 32.4608) / (491.136 + 5 * 32.4608))
+    assert (over["maml"]["within_1.1x"], over["fomaml"]["within_1.1x"]) == (False, True)
+    assert "within_1.1x" not in bench.ratios(rows, "channels", "steps", 100)["fomaml"]
