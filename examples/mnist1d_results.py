@@ -330,7 +330,7 @@ def plot(args, results, step_times, path: Path) -> None:
 
 def parse(argv):
     parser = example_parser(__doc__, "mnist1d", "a tiny network, a few steps and tasks")
-    parser.add_argument("--steps", type=int, default=500, help="outer steps (equal steps)")
+    parser.add_argument("--steps", type=int, default=250, help="outer steps (equal steps)")
     parser.add_argument("--budget", type=float, help="equal-time budget in seconds "
                         "(default: the slowest method's time for --steps steps)")
     parser.add_argument("--tasks-per-step", type=int, default=16)
