@@ -41,6 +41,12 @@ def test_quick_run_writes_page_json_and_plot(tmp_path):
     assert page.count("- FO-B-MAML - MAML:") == 2
     assert "## Memory per meta-step" in page
     assert (tmp_path / "mnist1d.png").stat().st_size > 10_000
+    (tmp_path / "mnist1d.png").unlink()
+    script["main"](["--render", "--out", str(tmp_path)])  # from the JSON, no training
+    again = (tmp_path / "mnist1d.md").read_text()
+    assert "Rendered again" in again.splitlines()[2]
+    assert again.splitlines()[3:] == page.splitlines()[3:]
+    assert (tmp_path / "mnist1d.png").stat().st_size > 10_000
 
 
 def test_memory_section_renders_the_benchmark_rows_and_the_16_gib_fits(tmp_path, monkeypatch):
