@@ -58,13 +58,17 @@ def build(args, form: str, queries: int) -> ComposedProblem:
     cnn = models.build("cnn", {"channels": args.channels, "kernel": args.kernel,
                                "activation": "tanh", "pool": "avg"})
     source = sources.build("mnist1d", {"samples": args.samples, "split": split})
-    return ComposedProblem(source, cnn,
-                           loss="cross-entropy", seed=args.seed, device=args.torch_device,
-                           **FORMS[form])
+    return ComposedProblem(source, cnn, loss="cross-entropy", seed=args.seed,
+                           device=args.torch_device, **FORMS[form])
+
+
+def inner_solver(args) -> bilevel.solvers.GD:
+    """Every method's inner solve, in meta-training and at meta-test."""
+    return bilevel.solvers.GD(lr=INNER_LR, steps=args.inner_steps)
 
 
 def spec(args, method, steps: int) -> bilevel.RunSpec:
-    return bilevel.RunSpec(solver=bilevel.solvers.GD(lr=INNER_LR, steps=args.inner_steps),
+    return bilevel.RunSpec(solver=inner_solver(args),
                            method=method, outer={"name": "adam", "lr": args.lr}, steps=steps,
                            tasks_per_step=args.tasks_per_step, seed=args.seed, progress=False)
 
@@ -116,9 +120,9 @@ def run_method(args, label, method, form, problems, tests, steps_equal_time) -> 
     snapshots = Snapshots(points)
     result = bilevel.meta_train(problems[form], spec(args, method, points[-1]),
                                 callbacks=[snapshots])
-    solver = bilevel.solvers.GD(lr=INNER_LR, steps=args.inner_steps)
     test_problem, tasks = tests[form]
-    curve = [{"step": step, **meta_test(test_problem, snapshots.h[step], tasks, solver)}
+    curve = [{"step": step, **meta_test(test_problem, snapshots.h[step], tasks,
+                                        inner_solver(args))}
              for step in points]
     at = {row["step"]: row for row in curve}
     out = {"label": label, "method": method, "form": form, "curve": curve,
@@ -382,8 +386,7 @@ def main(argv=None):
         test_problem = build(args, form, args.test_queries)
         tests[form] = (test_problem, test_problem.test_tasks())
     args.parameters = sum(p.numel() for p in problems["maml"].start.values())
-    solver = bilevel.solvers.GD(lr=INNER_LR, steps=args.inner_steps)
-    args.untrained = {form: meta_test(p, p.init_hyper(), tasks, solver)
+    args.untrained = {form: meta_test(p, p.init_hyper(), tasks, inner_solver(args))
                       for form, (p, tasks) in tests.items()}
     step_times = measure_step_times(args, problems)
     budget = args.budget or args.steps * max(step_times.values())
