@@ -16,6 +16,8 @@ the budget is the slowest method's time for `--steps` steps (or `--budget`), and
 method gets the steps that fit it. One run per method gives both budgets: h is kept at
 `--steps` and at its own equal-time count.
 Run: OMP_NUM_THREADS=1 nice .venv/bin/python examples/mnist1d_results.py [--quick]
+(about half an hour on one thread); --render writes the page and plot again from
+docs/results/mnist1d.json, with the memory section as the benchmark's JSON is then.
 """
 
 import argparse
