@@ -188,7 +188,7 @@ def reasons(args, by_label: dict, step_times: dict) -> list[str]:
         f"solution, which {args.inner_steps} inner steps do not reach (inner gradient "
         f"{imaml['inner_grad_ratio']:.2g} of its start at the last step), so it is no "
         "reference for the B-MAML form here.",
-        f"- The inner problem: the proximal term (lam learned from {LAM:g} to "
+        f"- Likely the inner problem: the proximal term (lam learned from {LAM:g} to "
         f"{fob['lam']:.3g}) keeps phi near theta through the {args.inner_steps} inner steps, "
         "where MAML's steps adapt freely: before meta-training, the same network adapted "
         f"by the B-MAML form reaches {untrained['bmaml']:.1f} against {untrained['maml']:.1f} "
