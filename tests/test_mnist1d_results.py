@@ -56,10 +56,17 @@ def test_memory_section_renders_the_benchmark_rows_and_the_16_gib_fits(tmp_path,
              "time_s": 0.1, "repeats": 2}
             for m in ("maml", "fomaml") for s, c in ((5, 16), (100, 16), (25, 16), (25, 256))]
     fits = [{"method": "maml", "steps": 100, "channels": 64, "peak_memory_mib": 9000.0,
+             "extrapolated": True},
+            {"method": "fomaml", "steps": 100, "channels": 1024, "peak_memory_mib": 700.0,
              "extrapolated": True}]
+    most_steps = [{"method": "maml", "steps": 353, "channels": 256, "peak_memory_mib": 16300.0,
+                   "extrapolated": True}]
+    checks = [{"method": "maml", "steps": 100, "channels": 352,
+               "measured_peak_memory_mib": 8967.0, "predicted_peak_memory_mib": 9011.0}]
     path = tmp_path / "memory.json"
     path.write_text(json.dumps({"command": "python benchmarks/mnist1d_memory.py", "rows": rows,
-                                "fit_16gib": fits}))
+                                "fit_16gib": fits, "fit_16gib_steps": most_steps,
+                                "fit_check": checks}))
     section = script["memory_section"]
     monkeypatch.setitem(section.__globals__, "MEMORY", path)
     monkeypatch.setitem(section.__globals__, "MEMORY_PLOT", tmp_path / "none.png")
@@ -69,5 +76,7 @@ def test_memory_section_renders_the_benchmark_rows_and_the_16_gib_fits(tmp_path,
     assert "| maml | 80.0 (580) | 400.0 (900) | 1600.0 (2100) |" in text
     assert "| method | channels 16 | channels 256 |" in text  # at 25 steps
     assert "| fomaml | 400.0 (900) | 6400.0 (6900) |" in text
-    assert "| maml | 100 | 64 | 9000 | yes |" in text
+    assert "| maml | 64 | 9000 | 353 | 16300 |" in text
+    assert "| fomaml | >= 1024 | 700 | - | - |" in text  # the search's end; no step limit
+    assert "predicted 9011 MiB, measured 8967 MiB" in text
     assert "![" not in text  # no plot file
