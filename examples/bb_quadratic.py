@@ -1,0 +1,234 @@
+"""benchmark_bilevel's quadratic: the squared norm of the exact hypergradient against oracle
+calls and wall time, for every estimator, over seeds.
+
+The problem is `problems.bb_quadratic.BenchmarkQuadratic` in benchmark_bilevel's published
+setting (config/quadratics_021424_best_params.yml). Each run is `bilevel.meta_train` with
+outer SGD from the benchmark's start; a callback records, after every outer step,
+||grad F(x_t)||^2 (closed form, every sample) and the oracle calls spent: the step's
+Info cost, grad_evals + hvps + mixed_products, each a derivative of the inner objective on
+one minibatch of 64 samples (a full-batch derivative counts 512). Single-loop solvers
+(soba, amigo, bome, f2sa) run when the estimator registry has them, on minibatch tasks of 64
+samples as in the benchmark; a missing one is listed as skipped.
+
+Writes docs/results/bb_quadratic.{md,json,png} (or --out DIR); `--quick` runs a few steps
+of every method on one seed, for tests.
+"""
+
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bilevel  # noqa: E402
+from bilevel.estimators import estimators  # noqa: E402
+from bilevel.training.callbacks import Callback  # noqa: E402
+from examples.common import example_parser, parse  # noqa: E402
+from problems.bb_quadratic import BenchmarkQuadratic  # noqa: E402
+
+NAME = "bb_quadratic"
+BATCH, N_INNER = 64, 32768
+SEEDS = list(range(1, 11))  # the benchmark's solver random_state 1..10
+COST_KEYS = ("grad_evals", "hvps", "mixed_products")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One curve: a method with its solver, outer step, warm start and task size."""
+
+    label: str
+    method: str | dict
+    steps: int  # outer steps
+    outer_lr: float
+    inner_lr: float
+    inner_steps: int
+    batches: int | None = None  # 64-sample blocks per task (None: full batch)
+    warm: int | None = None  # warm-start steps (None: cold starts from z = 0)
+    note: str = ""
+
+    def blocks(self) -> int:
+        """64-sample minibatches in one derivative of the inner objective."""
+        return N_INNER // BATCH if self.batches is None else self.batches
+
+
+def double_loop(steps: int) -> list[Setting]:
+    """The estimators that solve the inner problem at every outer step: full batch (as the
+    benchmark's jaxopt_gd / jaxopt_itd), GD with step 1/L, warm-started by 10 steps with 10
+    more for the estimator (as AmIGO's and StocBiO's n_inner_steps=10)."""
+    common = {"steps": steps, "outer_lr": 1.0, "inner_lr": 1.0, "inner_steps": 10, "warm": 10}
+    return [
+        Setting("fo-bmaml (symmetric)", {"name": "fo-bmaml", "scheme": "symmetric"}, **common),
+        Setting("fo-bmaml-jvp", "fo-bmaml-jvp", **common),
+        Setting("imaml", "imaml", **common),
+        Setting("neumann", {"name": "neumann", "terms": 20}, **common),
+        Setting("darts", "darts", **common),
+        Setting("maml", "maml", **common),
+        Setting("exact", "exact", **common),
+    ]
+
+
+# The single-loop solvers with benchmark_bilevel's published step sizes (step_size, and
+# step_size / outer_ratio for x) where its best-parameter file gives them (AmIGO, F2SA),
+# else its solver defaults (SOBA: 0.1, outer_ratio 1; BOME: 0.1 from its grid).
+SINGLE_LOOP = {"soba": (0.1, 0.1), "amigo": (0.01, 0.1), "bome": (0.1, 0.1),
+               "f2sa": (0.1, 0.1)}
+
+
+def single_loop(steps: int) -> tuple[list[Setting], list[str]]:
+    settings, skipped = [], []
+    for name, (inner_lr, outer_lr) in SINGLE_LOOP.items():
+        if name not in estimators.names():
+            skipped.append(name)
+            continue
+        settings.append(Setting(name, name, steps=steps, outer_lr=outer_lr, inner_lr=inner_lr,
+                                inner_steps=1, batches=1))
+    return settings, skipped
+
+
+class Recorder(Callback):
+    """After each outer step: ||grad F(x)||^2 (exact), the oracle calls and the wall time
+    so far (the trainer's clock, less the time this callback took)."""
+
+    def __init__(self, problem: BenchmarkQuadratic, blocks: int, h0: dict):
+        self.problem, self.blocks = problem, blocks
+        self.oracles, self.own = 0, 0.0
+        self.rows = [(0, 0.0, self.value(h0))]
+
+    def value(self, h) -> float:
+        return self.problem.exact_hypergradient(h).square().sum().item()
+
+    def on_step(self, record, h):
+        start = time.perf_counter()
+        self.oracles += self.blocks * sum(int(record.get(k, 0)) for k in COST_KEYS)
+        self.rows.append((self.oracles, record["time"] - self.own, self.value(h)))
+        self.own += time.perf_counter() - start
+
+
+def run(setting: Setting, seed: int) -> list[tuple[int, float, float]]:
+    problem = BenchmarkQuadratic(batches=setting.batches)
+    warm = None if setting.warm is None else {"steps": setting.warm}
+    recorder = Recorder(problem, setting.blocks(), problem.init_hyper())
+    lr = setting.inner_lr / (problem.smoothness() if setting.batches is None else 1.0)
+    bilevel.meta_train(problem, solver={"name": "gd", "lr": lr, "steps": setting.inner_steps},
+                       method=setting.method, outer={"name": "sgd", "lr": setting.outer_lr},
+                       steps=setting.steps, tasks_per_step=1, seed=seed, warm_start=warm,
+                       progress=False, callbacks=[recorder])
+    return recorder.rows
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = torch.quantile(torch.tensor(values, dtype=torch.float64),
+                       torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    return tuple(q.tolist())
+
+
+def summarize(curves: dict) -> dict:
+    """Per setting: quartiles over seeds of the final value, and of the oracle calls and
+    time at the end."""
+    out = {}
+    for label, runs in curves.items():
+        out[label] = {"final_value": quartiles([r[-1][2] for r in runs]),
+                      "oracles": quartiles([float(r[-1][0]) for r in runs]),
+                      "time_s": quartiles([r[-1][1] for r in runs])}
+    return out
+
+
+def reach(runs: list, level: float) -> float | None:
+    """Median over seeds of the first oracle count at which the value is <= level (None
+    when the median seed never gets there)."""
+    firsts = [next((o for o, _, v in r if v <= level), math.inf) for r in runs]
+    median = quartiles(firsts)[1]
+    return None if math.isinf(median) else median
+
+
+def plot(curves: dict, path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, runs in curves.items():
+        for axis, column in zip(axes, (0, 1), strict=True):
+            n = min(len(r) for r in runs)
+            x = torch.tensor([[r[i][column] for i in range(n)] for r in runs]).median(0).values
+            v = torch.tensor([[r[i][2] for i in range(n)] for r in runs], dtype=torch.float64)
+            q = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=0)
+            line, = axis.loglog(x.clamp(min=1), q[1].clamp(min=1e-30), label=label)
+            axis.fill_between(x.clamp(min=1), q[0].clamp(min=1e-30), q[2].clamp(min=1e-30),
+                              color=line.get_color(), alpha=0.2)
+    axes[0].set(xlabel="oracle calls (64-sample derivatives)", ylabel="||grad F(x)||^2")
+    axes[1].set(xlabel="wall time (s)", ylabel="||grad F(x)||^2")
+    for axis in axes:
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle("benchmark_bilevel quadratic (dim 100/10, 32768/1024 samples, mu 0.1): "
+                    "median and quartiles over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown(settings: list, summary: dict, curves: dict, skipped: list, command: str) -> str:
+    lines = [
+        "# benchmark_bilevel's quadratic: squared exact hypergradient norm against oracle calls",
+        "", f"Generated by `{command}` (examples/bb_quadratic.py).", "",
+        "![curves](bb_quadratic.png)", "",
+        "| method | task | solver | outer lr | seeds | oracle calls | time (s) "
+        "| ||grad F||^2 reached: median [q1, q3] |",
+        "|---|---|---|---|---|---|---|---|"]
+    for s in settings:
+        r = summary[s.label]
+        task = "full batch" if s.batches is None else f"{s.batches} x 64 samples"
+        solver = f"gd x{s.inner_steps}" + (f", warm start {s.warm}" if s.warm else "")
+        lines.append(f"| {s.label} | {task} | {solver} | {s.outer_lr:g} | {len(curves[s.label])} "
+                     f"| {r['oracles'][1]:.3g} | {r['time_s'][1]:.3g} | {r['final_value'][1]:.3g} "
+                     f"[{r['final_value'][0]:.3g}, {r['final_value'][2]:.3g}] |")
+    if skipped:
+        lines += ["", "Not registered in this checkout, so not run: "
+                  + ", ".join(f"`{n}`" for n in skipped) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = example_parser(__doc__, NAME, "a few steps of each method, one seed")
+    parser.add_argument("--outer-steps", type=int, default=100,
+                        help="outer steps of the double-loop estimators")
+    parser.add_argument("--single-loop-steps", type=int, default=20000,
+                        help="outer steps of the single-loop solvers")
+    args = parse(parser, argv, outer_steps=3, single_loop_steps=5)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*regularization='none'.*")
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    loops, skipped = single_loop(args.single_loop_steps)
+    settings = double_loop(args.outer_steps) + loops
+    curves = {}
+    for setting in settings:
+        # A full-batch run draws no minibatch: every seed gives the same curve.
+        runs = seeds if setting.batches is not None else seeds[:1]
+        curves[setting.label] = [run(setting, seed) for seed in runs]
+        print(setting.label, summarize({setting.label: curves[setting.label]})[setting.label],
+              flush=True)
+    summary = summarize(curves)
+    if args.out is None:
+        return summary
+    command = "nice python examples/bb_quadratic.py"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{NAME}.md").write_text(markdown(settings, summary, curves, skipped, command))
+    (args.out / f"{NAME}.json").write_text(json.dumps(
+        {"settings": [dataclasses.asdict(s) for s in settings], "skipped": skipped,
+         "seeds": seeds, "results": {
+             "summary": summary,
+             "curves": {k: [[list(row) for row in r] for r in v] for k, v in curves.items()}}},
+        indent=1))
+    plot(curves, args.out / f"{NAME}.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
