@@ -162,9 +162,10 @@ class BenchmarkQuadratic(BilevelProblem):
     def val_loss(self, phi, h, task):
         return self._quadratic(task["outer"], phi["z"], h["x"])
 
-    def smoothness(self) -> float:
-        """The largest eigenvalue of the full-batch inner Hessian (GD's 1/L step)."""
-        return torch.linalg.eigvalsh(self.full["inner"]["Hzz"]).max().item()
+    def inner_spectrum(self) -> tuple[float, float]:
+        """The smallest and largest eigenvalues (mu, L) of the full-batch inner Hessian."""
+        values = torch.linalg.eigvalsh(self.full["inner"]["Hzz"])
+        return values[0].item(), values[-1].item()
 
     # Closed forms ----------------------------------------------------------------------
 
