@@ -96,3 +96,19 @@ def test_bad_options_name_the_argument(options, key):
     with pytest.raises(InvalidInputError, match=key):
         BenchmarkQuadratic(**{"dim_inner": 4, "dim_outer": 2, "n_inner": 128, "n_outer": 64}
                            | options)
+
+
+def test_the_script_runs_registered_single_loop_solvers_with_their_known_options(monkeypatch):
+    """examples/bb_quadratic.py picks a single-loop solver up by its registered name and
+    passes only the options its dataclass has ("darts" stands in for one here)."""
+    from examples import bb_quadratic
+
+    monkeypatch.setattr(bb_quadratic, "SINGLE_LOOP",
+                        {"darts": (0.1, 0.2, 3, {"xi": 0.05, "eta": 0.5}),
+                         "not-registered": (0.1, 0.1, 1, {})})
+    settings, skipped = bb_quadratic.single_loop(7)
+    assert skipped == ["not-registered"]
+    (setting,) = settings
+    assert setting.method == {"name": "darts", "xi": 0.05}
+    assert (setting.steps, setting.outer_lr, setting.inner_steps, setting.inner_lr,
+            setting.batches) == (7, 0.2, 3, 0.1, 1)
