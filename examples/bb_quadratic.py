@@ -295,10 +295,11 @@ def markdown(settings: list, summary: dict, curves: dict, skipped: list, command
         "steps), of blocks {4, 8, 16, 32, 64} x steps {20, 30, 40} x outer lr {0.1, 0.2, 0.3, "
         "0.5} (12 of the combinations tried); at a constant 0.3 the 10 seeds' median stalls "
         "at about 4e-3 from step 100 (3.64e-3 at step 300), halving every 50 steps (or 100) "
-        "takes 3 seeds to 5.5e-4 (9.4e-4) at step 300; one block (64 samples) gives an inner Hessian of rank 64 < 100, "
-        "whose K-step surrogate diverged at outer lr 0.1. Its 20 steps end at about a tenth of "
-        "the first gradient norm (meta_train warns): the lock-stepped difference follows the "
-        "20-step iterates, whose error the outer steps then carry.", "",
+        "takes 3 seeds to 5.5e-4 (9.4e-4) at step 300; one block (64 samples) gives an inner "
+        "Hessian of rank 64 < 100, whose K-step surrogate diverged at outer lr 0.1. Its 20 "
+        "steps end at about a tenth of the first gradient norm (meta_train warns): the "
+        "lock-stepped difference follows the 20-step iterates, whose error the outer steps "
+        "then carry.", "",
         "![curves](bb_quadratic.png)", "",
         "| method | task | inner solver | outer lr | seeds | oracle calls | time (s) "
         "| ||grad F||^2 reached: median [q1, q3] |",
