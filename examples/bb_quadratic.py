@@ -309,6 +309,14 @@ def markdown(settings: list, summary: dict, curves: dict, skipped: list, command
         lines.append(f"| {s.label} | {s.describe()} | {len(curves[s.label])} "
                      f"| {r['oracles'][1]:.3g} | {r['time_s'][1]:.3g} | {r['final_value'][1]:.3g} "
                      f"[{r['final_value'][0]:.3g}, {r['final_value'][2]:.3g}] |")
+    levels = (1e-1, 1e-2, 1e-3, 1e-6)
+    lines += ["", "Oracle calls to reach each level (median over seeds; - where the median seed "
+              "does not):", "", "| method | " + " | ".join(f"{v:g}" for v in levels) + " |",
+              "|---" * (len(levels) + 1) + "|"]
+    for s in settings:
+        calls = [reach(curves[s.label], level) for level in levels]
+        lines.append(f"| {s.label} | "
+                     + " | ".join("-" if c is None else f"{c:.3g}" for c in calls) + " |")
     if skipped:
         lines += ["", "Not registered in this checkout, so not run: "
                   + ", ".join(f"`{n}`" for n in skipped) + "."]
