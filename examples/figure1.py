@@ -94,11 +94,12 @@ def best_loss_curves(problem, h, tasks, setting):
 
 def plot(errors, losses, setting, optimum, path):
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for label, _, _ in METHODS:
-        left.loglog(setting["steps"], errors[label], marker="o", label=label)
+    colors = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colors
+    for (label, _, _), color in zip(METHODS, colors[::2] + colors[1::2], strict=False):
+        left.loglog(setting["steps"], errors[label], marker="o", label=label, color=color)
         gap = [max(loss - optimum, 1e-16) for loss in losses[label]["loss"]]
         note = ", diverged at every lr" if losses[label]["diverged"] else ""
-        right.semilogy(gap, label=f"{label} (lr={losses[label]['lr']:g}{note})")
+        right.semilogy(gap, label=f"{label} (lr={losses[label]['lr']:g}{note})", color=color)
     left.set(xlabel="inner steps", ylabel="relative error of the meta-gradient",
              title="meta-gradient quality")
     right.set(xlabel="outer iterations", ylabel="F(theta) - min F",

@@ -4,8 +4,9 @@ Each estimator meta-trains theta (Adam 1e-3, 25 tasks per step); then, on 500 fr
 (fixed seed), theta is adapted to each task's support set and the query MSE is measured:
 
 - MAML, FO-MAML, Reptile (form "maml"): inner = 5 GD steps at lr 0.01 from theta;
-- iMAML, FO-B-MAML (form "bmaml"; FO-B-MAML with lam fixed and learned): inner = the
-  proximal problem argmin_phi train_loss(phi) + lam/2 ||phi - theta||^2, by Nesterov;
+- iMAML, Neumann, DARTS, FO-B-MAML (form "bmaml"; FO-B-MAML with lam fixed and learned):
+  inner = the proximal problem argmin_phi train_loss(phi) + lam/2 ||phi - theta||^2, by
+  Nesterov;
   FO-B-MAML and FO-B-MAML-JVP with lam learned also compiled (compile=True), the latter
   also with a third of the proximal steps.
 
@@ -63,6 +64,10 @@ METHODS = {
     "FO-B-MAML, lam learned, compiled": ("bmaml", FOBMAML, PROXIMAL, True, True),
     # The forward-mode variant: exact in nu where the finite difference crosses ReLU kinks.
     "FO-B-MAML-JVP, lam learned, compiled": ("bmaml", "fo-bmaml-jvp", PROXIMAL, True, True),
+    # The truncated implicit gradient (20 terms, alpha = the solver's lr) and DARTS's one
+    # unrolled step (xi = the solver's lr), at the proximal solution, lam fixed.
+    "Neumann": ("bmaml", "neumann", PROXIMAL, False, False),
+    "DARTS": ("bmaml", "darts", PROXIMAL, False, False),
     # Trained and evaluated (proximal solve) with SHORT_PROXIMAL.
     "FO-B-MAML-JVP, lam learned, compiled, 20 proximal steps (lr 0.004)": (
         "bmaml", "fo-bmaml-jvp", SHORT_PROXIMAL, True, True),
@@ -165,8 +170,10 @@ def markdown(args, results) -> str:
         f"solved by Nesterov (lr {PROXIMAL.lr}, momentum {PROXIMAL.momentum}, "
         f"{PROXIMAL.steps} steps); iMAML uses 5 CG steps, FO-B-MAML the symmetric difference "
         "with nu = eps^(1/3) = 4.9e-3 (nu=\"eps\"), FO-B-MAML-JVP the same derivative "
-        "in nu by its tangent recursion. *compiled*: compile=True, compile time (a fresh "
-        "TorchInductor cache in the reference run) included in the meta-train time.",
+        "in nu by its tangent recursion, Neumann 20 terms of the series with alpha = the "
+        "solver's lr, DARTS one unrolled step with xi = the solver's lr. *compiled*: "
+        "compile=True, compile time (a fresh TorchInductor cache in the reference run) "
+        "included in the meta-train time.",
         "",
         "Test-time rules: *10 GD steps* = 10 steps of GD at lr 0.01 on the support loss from "
         "theta (the protocol's rule, for every method); *proximal solve* = the B-MAML inner "

@@ -17,6 +17,7 @@ OUTPUTS = {
     "logreg_digits": "logreg",
     "hypercleaning_digits": "hypercleaning",
     "ridge_tuning": "ridge",
+    "bb_quadratic": "bb_quadratic",
 }
 
 
