@@ -81,7 +81,7 @@ def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
     # or the inner solves would record one and their memory would grow with the steps.
     h, tasks = detach(h), detach(tasks)
     check_problem_code(problem, h, tasks)
-    warn_if_unregularized(problem, estimator.name, estimator.assumes_converged_inner)
+    warn_if_unregularized(problem, h, estimator.name, estimator.assumes_converged_inner)
     if estimator.not_compiled is not None:
         compilation = compilation.eager_instead(f"method {estimator.name!r}",
                                                 estimator.not_compiled)

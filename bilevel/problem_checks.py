@@ -122,10 +122,11 @@ def check_task_count(n_tasks: int) -> None:
             "tasks must hold at least one task, got a batch with leading dimension 0")
 
 
-def warn_if_unregularized(problem, method: str, assumes_converged_inner: bool) -> None:
+def warn_if_unregularized(problem, h: dict, method: str, assumes_converged_inner: bool) -> None:
     """Once per problem: an implicit estimator on a problem with no regulariser, whose
-    phi*(h) does not depend on theta, returns a zero gradient for theta."""
-    if (not assumes_converged_inner or problem.regularization != "none"
+    phi*(h) does not depend on theta, returns a zero gradient for theta (h has one; a
+    problem whose h enters its inner loss directly, with no theta, has nothing to warn of)."""
+    if (not assumes_converged_inner or problem.regularization != "none" or "theta" not in h
             or problem in _warned_unregularized):
         return
     _warned_unregularized.add(problem)

@@ -20,7 +20,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -333,7 +332,6 @@ def main(argv=None):
                         help="outer steps of the single-loop solvers")
     args = parse(parser, argv, outer_steps=3, minibatch_steps=3, single_loop_steps=5)
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message=".*regularization='none'.*")
     seeds = SEEDS[:1] if args.quick else SEEDS
     loops, skipped = single_loop(args.single_loop_steps)
     settings = double_loop(args.outer_steps, args.minibatch_steps) + loops

@@ -52,9 +52,9 @@ def test_meta_gradient_of_full_batch_tasks_is_the_exact_hypergradient(small):
     assert torch.allclose(got, small.exact_hypergradient(h), rtol=1e-12, atol=0)
 
 
-# The library warns that an implicit estimator sees no theta to differentiate; here h = {x}
-# enters the inner objective directly, so the warning does not apply.
-@pytest.mark.filterwarnings("ignore:.*regularization='none'")
+# h = {x} enters the inner objective directly (no theta): the warning that an implicit
+# estimator returns a zero gradient for theta without a regulariser does not apply.
+@pytest.mark.filterwarnings("error:.*regularization='none'")
 @pytest.mark.parametrize("method", ["exact", "fo-bmaml", {"name": "imaml", "cg_steps": 30}])
 def test_estimators_at_converged_inner_solutions_match_the_closed_form(small, method):
     h = small.init_hyper()
