@@ -185,8 +185,8 @@ def test_estimator_contract_on_a_cleaning_problem(method):
     runs them on a quadratic) on a small cleaning problem with per-example weights, in the
     meta-learning form that every estimator takes: the result has h's keys, shapes and
     dtype and is finite; two tasks in one batch give the mean of each task alone (tasks that
-    differ: the second's inputs halved, its validation labels shifted); nothing returned holds a graph; the same
-    under no_grad."""
+    differ: the second's inputs halved, its validation labels shifted); nothing returned
+    holds a graph; the same under no_grad."""
     problem = digits_cleaning(regularizer="proximal", theta="learned", learn_lam="scalar")
     h = problem.init_hyper()
     h["example_logit"] = torch.linspace(-2, 2, 40, dtype=F64)
