@@ -12,6 +12,7 @@ from bilevel.cli import main
 from bilevel.compare import compare
 from bilevel.compare.cost import step_cost
 from bilevel.compare.space import fixed_values, parameter_names
+from bilevel.compare.study import sampler as optuna_sampler
 from bilevel.config import ConfigError, from_dict
 from bilevel.problem import problems
 from bilevel.problem_view import ProblemView
@@ -110,14 +111,27 @@ def test_both_sides_on_one_budget_then_resume(tmp_path):
         compare(config(seed=1), out=tmp_path)
 
 
-@pytest.mark.parametrize("sampler", ["random", "gp", "cmaes"])
+@pytest.mark.parametrize("sampler", ["random", "gp", "cmaes", "sep-cmaes"])
 def test_samplers(tmp_path, sampler):
-    if sampler == "cmaes":
+    if "cmaes" in sampler:
         pytest.importorskip("cmaes", reason="CMA-ES needs the cmaes package")
     search = {"sampler": sampler, "budget": {"inner_grad_evals": 200}}
     record = compare(config(search=search), out=tmp_path, only="optuna")
     (row,) = record["table"]
     assert row["side"] == f"optuna-{sampler}" and row["cost"] == 200
+
+
+@pytest.mark.parametrize("sampler, tag", [("sep-cmaes", "sepcma:"), ("cmaes", "cma:")])
+def test_sep_cmaes_is_separable_cma_es(sampler, tag):
+    """sep-cmaes samples with Optuna's separable CMA-ES (a diagonal covariance), cmaes with
+    the full one: their trials carry their own generation tags (after the first trial, which
+    Optuna samples independently, the search space not yet known)."""
+    pytest.importorskip("cmaes", reason="CMA-ES needs the cmaes package")
+    study = optuna.create_study(sampler=optuna_sampler(sampler, 0))
+    study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2 + t.suggest_float("y", -1, 1) ** 2,
+                   n_trials=3)
+    generation = [f"{tag}generation"]
+    assert [list(t.system_attrs) for t in study.trials] == [[], generation, generation]
 
 
 def test_hybrid_trials_meta_train_and_report(tmp_path):

@@ -16,6 +16,7 @@ OUTPUTS = {
     "digits_fewshot": "digits_fewshot",
     "logreg_digits": "logreg",
     "hypercleaning_digits": "hypercleaning",
+    "mnist_cleaning_results": "cleaning",
     "ridge_tuning": "ridge",
     "bb_quadratic": "bb_quadratic",
 }

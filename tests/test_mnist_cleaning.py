@@ -15,7 +15,7 @@ from bilevel.blocks.weighting import detection, weighted_loss
 from bilevel.config import load_config
 from bilevel.config.build import build
 from bilevel.errors import BilevelError, InvalidInputError
-from bilevel.tree import relative_error
+from bilevel.tree import relative_error, tree_leaves, tree_map, tree_structure
 
 F64 = torch.float64
 SPLIT = {"kind": "holdout", "train": 300, "val": 100, "test": 200, "seed": 1}
@@ -177,3 +177,41 @@ def test_config_errors_name_the_key(tmp_path):
     unknown = error_of("{source: {name: mnist}, model: linear, loss: cross-entropy, "
                        "learn_weights: per-class}")
     assert "learn_weights" in unknown
+
+
+@pytest.mark.parametrize("method", bilevel.estimators.estimators.names())
+def test_estimator_contract_on_a_cleaning_problem(method):
+    """The problem-independent checks of the estimator contract (`bilevel.testing`, which
+    runs them on a quadratic) on a small cleaning problem with per-example weights, in the
+    meta-learning form that every estimator takes: the result has h's keys, shapes and
+    dtype and is finite; two tasks in one batch give the mean of each task alone (tasks that
+    differ: the second's inputs halved, its validation labels shifted); nothing returned
+    holds a graph; the same under no_grad."""
+    problem = digits_cleaning(regularizer="proximal", theta="learned", learn_lam="scalar")
+    h = problem.init_hyper()
+    h["example_logit"] = torch.linspace(-2, 2, 40, dtype=F64)
+    task = problem.sample_tasks(1)
+    other = task | {"x": task["x"] / 2, "yq": (task["yq"] + 1) % 10}
+    tasks = {key: torch.cat([task[key], other[key]]) for key in task}
+    solver = bilevel.solvers.Nesterov(lr=0.5, steps=30, momentum=0.7)
+
+    def hypergradient(h, tasks):
+        return bilevel.hypergradient(problem, h, tasks, solver=solver, method=method)
+
+    grad, info = hypergradient(h, tasks)
+    assert tree_structure(grad) == tree_structure(h) and info.n_tasks == 2
+    assert info.val_loss.shape == (2,)
+    for g, x in zip(tree_leaves(grad), tree_leaves(h), strict=True):
+        assert g.shape == x.shape and g.dtype == F64 and torch.isfinite(g).all()
+    singles = [hypergradient(h, one)[0] for one in (task, other)]
+    assert relative_error(singles[0], singles[1]) > 1e-2  # the tasks differ
+    mean = tree_map(lambda a, b: (a + b) / 2, *singles)
+    for one, other_leaf in zip(tree_leaves(grad), tree_leaves(mean), strict=True):
+        torch.testing.assert_close(one, other_leaf, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        quiet, _ = hypergradient(h, tasks)
+    assert all(torch.equal(a, b) for a, b in zip(tree_leaves(quiet), tree_leaves(grad),
+                                                  strict=True))
+    tracked, info = hypergradient(tree_map(lambda t: t.clone().requires_grad_(), h), tasks)
+    returned = [t for t in tree_leaves((tracked, dict(info))) if isinstance(t, torch.Tensor)]
+    assert all(not t.requires_grad and t.grad_fn is None for t in returned)

@@ -3,7 +3,7 @@ the bilevel method, and on what budget. Models only (the config layer imports no
 
     search:
       budget: {inner_grad_evals: 200000}    # or {seconds: 60}; each side gets the same
-      sampler: tpe                          # tpe | random | cmaes | gp
+      sampler: tpe                          # tpe | random | cmaes | sep-cmaes | gp
       pruner: none                          # none | median | hyperband (hybrid trials)
       space:                                # leaves of h fixed by Optuna in each trial
         log_lam: {low: -8, high: 2}
@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from bilevel.config.strict import Strict
 
-Sampler = Literal["tpe", "random", "cmaes", "gp"]
+Sampler = Literal["tpe", "random", "cmaes", "sep-cmaes", "gp"]
 Pruner = Literal["none", "median", "hyperband"]
 
 
@@ -80,8 +80,9 @@ class Search(Strict):
     """What `bilevel compare` searches with Optuna beside the bilevel method, on one budget."""
 
     budget: Budget = Field(description="what each side may spend")
-    sampler: Sampler = Field("tpe", description="Optuna's sampler: TPE, random, "
-                                       "CMA-ES (needs the cmaes package) or Gaussian process")
+    sampler: Sampler = Field("tpe", description="Optuna's sampler: TPE, random, CMA-ES, "
+                                       "separable CMA-ES (a diagonal covariance; both need "
+                                       "the cmaes package) or Gaussian process")
     pruner: Pruner = Field("none", description="stops bad hybrid trials early "
                                      "(their intermediate validation losses)")
     space: dict[str, Range] = Field({}, description="leaves of h (by dotted path) that each "
