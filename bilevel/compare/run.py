@@ -53,7 +53,7 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
         raise InvalidInputError(f"only must be one of {', '.join(SIDES)}, got {only!r}")
     sampler_seed(config.resolved["seed"], worker)  # before any work
     directory = run_directory(config, out)
-    _record(directory, config.resolved | {"out": str(directory)})
+    _record(directory, config.recorded_in(directory) | {"out": str(directory)})
     built = build(config)
     _check_space(config, built, search)
     unit, budget = budget_of(search)

@@ -315,7 +315,10 @@ class _Run:
                 self.warm.commit(warm)
             self.rng = checkpoint.rng_states(self.generators)
             if self.files is not None:
-                self.files.log(record)
+                try:
+                    self.files.log(record)
+                except RunWriteError as error:
+                    raise self._stopped(error) from None
                 every = spec.checkpoint_every
                 if t == spec.steps or (every and t % every == 0):
                     self.save()
@@ -406,8 +409,13 @@ class _Run:
         try:
             checkpoint.save(self.out, self.state())
         except RunWriteError as error:
-            raise RunWriteError(f"stopped after step {self.step}: {error}{self._kept()}") from None
+            raise self._stopped(error) from None
         self.saved_step = self.step
+
+    def _stopped(self, error: RunWriteError) -> RunWriteError:
+        """A failed write (a full disk) as the error that stops the run: the step it stopped
+        after, and the last good checkpoint, which is kept."""
+        return RunWriteError(f"stopped after step {self.step}: {error}{self._kept()}")
 
     def interrupted(self, torn: bool) -> None:
         """Ctrl-C: checkpoint the last completed step, unless the interrupt tore a step
