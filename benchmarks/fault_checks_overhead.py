@@ -18,19 +18,38 @@ ranged 0.996-1.039 while the checks alone stayed at 0.5-0.9% of a call.
 With h checked against init_hyper() too (once per problem and signature, with the problem's
 code): three runs (load ~2.5) gave median paired ratios 1.018, 0.998, 0.968 and the checks
 alone 0.7%, 0.3%, 1.0% of a call; the code before it, in the same session, 1.009 and 0.4%.
+
+"run" (issue 22): every integrity check of a run together, on `meta_train` itself: the
+checkpoint's checksum (a save every step: the most a run pays), the problem's fingerprints
+(init_hyper, first batch of tasks), the run directory's lock, the checks of h and the tasks on
+the per-step path of `hypergradient` (check_hyper, check_values, check_problem_code,
+_all_finite), strict JSON in every record, and hyper.json (with the checkpoint's read-back
+that writes it). "without" patches each to a no-op, in the same process; both leave out the
+plots (not a check; the same in both). RUN_ROUNDS rounds of a RUN_STEPS-step run in a fresh
+directory, alternating which goes first; per step: the run's time / RUN_STEPS, so one-time
+costs are spread over the steps; "median_paired_ratio" as above. Two problems: the quadratic
+of training_overhead.py's small case (dim 4, 4 tasks, GD x10: the smallest step, where fixed
+costs weigh most) and the sinusoid above (fomaml, 25 tasks).
 """
 
+import contextlib
+import importlib
+import io
 import json
 import statistics
 import sys
+import tempfile
 import time
+import types
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bilevel  # noqa: E402
+from bilevel import strict_json  # noqa: E402
 from bilevel.estimators import estimators  # noqa: E402
 from bilevel.hypergradient import (  # noqa: E402
     _all_finite,
@@ -40,15 +59,75 @@ from bilevel.hypergradient import (  # noqa: E402
 )
 from bilevel.problem_checks import check_problem_code, check_values  # noqa: E402
 from bilevel.solvers import as_solver  # noqa: E402
+from bilevel.training import checkpoint, rundir, trainer  # noqa: E402
 from bilevel.tree import detach  # noqa: E402
+from problems.quadratic import Quadratic  # noqa: E402
 from problems.sinusoid import Sinusoid  # noqa: E402
 
+# The module, which bilevel's own `hypergradient` (the function) hides.
+hypergradient_module = importlib.import_module("bilevel.hypergradient")
 N_TASKS, REPEATS, CALLS = 25, 40, 5
 SOLVER = bilevel.solvers.GD(lr=0.01, steps=10)
+RUN_ROUNDS, RUN_STEPS = 15, 20
+RUNS = {"quadratic": dict(problem=lambda: Quadratic(dim=4, kappa=10.0, n_tasks=4),
+                          solver=bilevel.solvers.GD(lr=0.05, steps=10), tasks_per_step=4,
+                          method="fo-bmaml"),
+        "sinusoid": dict(problem=Sinusoid, solver=SOLVER, tasks_per_step=N_TASKS,
+                         method="fomaml")}
 
 
-def main():
-    torch.set_num_threads(1)
+@contextlib.contextmanager
+def no_integrity_checks():
+    """Every integrity check of a run a no-op (see the docstring); the plots are left out by
+    the caller, in both variants."""
+    passing = {"check_hyper": lambda *a, **k: None, "check_values": lambda *a, **k: None,
+               "check_problem_code": lambda *a, **k: None, "_all_finite": lambda *a: True}
+    with contextlib.ExitStack() as stack:
+        for name, stub in passing.items():
+            stack.enter_context(mock.patch.object(hypergradient_module, name, stub))
+        stack.enter_context(mock.patch.object(checkpoint, "content_digest", lambda state: ""))
+        stack.enter_context(mock.patch.object(trainer, "fingerprint", lambda tree: ""))
+        stack.enter_context(mock.patch.object(rundir, "_locked", lambda path: io.StringIO()))
+        stack.enter_context(mock.patch.object(strict_json, "dumps", json.dumps))
+        # hyper.json and the checkpoint's read-back for it: finish() finds no checkpoint
+        stack.enter_context(mock.patch.object(
+            rundir, "checkpoint", types.SimpleNamespace(FILENAME=".no-checkpoint")))
+        yield
+
+
+def run_overhead(case: dict) -> dict:
+    """Seconds per step of a run with its integrity checks and without (interleaved)."""
+    problem = case["problem"]()
+    options = dict(solver=case["solver"], method=case["method"], steps=RUN_STEPS,
+                   tasks_per_step=case["tasks_per_step"], checkpoint_every=1, progress=False)
+
+    def checked(out):
+        bilevel.meta_train(problem, out=out, **options)
+
+    def unchecked(out):
+        with no_integrity_checks():
+            bilevel.meta_train(problem, out=out, **options)
+
+    times = {"checked": [], "unchecked": []}
+    with tempfile.TemporaryDirectory() as folder, \
+            mock.patch.object(rundir, "plot", lambda directory, history: None):
+        for name, call in (("checked", checked), ("unchecked", unchecked)):  # warm-up
+            call(Path(folder) / f"warm-{name}")
+        for round_ in range(RUN_ROUNDS):
+            order = [("checked", checked), ("unchecked", unchecked)]
+            for name, call in order if round_ % 2 else order[::-1]:
+                start = time.perf_counter()
+                call(Path(folder) / f"{name}-{round_}")
+                times[name].append((time.perf_counter() - start) / RUN_STEPS)
+    ratios = [a / b for a, b in zip(times["checked"], times["unchecked"], strict=True)]
+    with_checks, without = (statistics.median(times[k]) for k in ("checked", "unchecked"))
+    return {"with_checks_s_per_step": with_checks, "without_checks_s_per_step": without,
+            "ratio_of_medians": with_checks / without,
+            "median_paired_ratio": statistics.median(ratios),
+            "paired_ratios_quartiles": statistics.quantiles(ratios, n=4)}
+
+
+def hypergradient_overhead() -> dict:
     problem = Sinusoid()
     h = problem.init_hyper(torch.Generator().manual_seed(0))
     tasks = problem.sample_tasks(N_TASKS, torch.Generator().manual_seed(1))
@@ -90,13 +169,21 @@ def main():
         check_problem_code(problem, h, tasks)
         _all_finite(grad, info)
     checks_s = (time.perf_counter() - checks_only) / (REPEATS * CALLS)
-    print(json.dumps({"workload": "sinusoid, 25 tasks, GD lr 0.01 x10, fomaml, 1 thread",
-                      "with_checks_s": with_checks, "without_checks_s": without,
-                      "ratio_of_medians": with_checks / without,
-                      "median_paired_ratio": statistics.median(ratios),
-                      "checks_alone_s": checks_s, "checks_share": checks_s / without,
-                      "first_call_s": first, "rounds": REPEATS, "calls": CALLS,
-                      "torch": torch.__version__}, indent=1))
+    return {"workload": "sinusoid, 25 tasks, GD lr 0.01 x10, fomaml, 1 thread",
+            "with_checks_s": with_checks, "without_checks_s": without,
+            "ratio_of_medians": with_checks / without,
+            "median_paired_ratio": statistics.median(ratios),
+            "checks_alone_s": checks_s, "checks_share": checks_s / without,
+            "first_call_s": first, "rounds": REPEATS, "calls": CALLS}
+
+
+def main():
+    torch.set_num_threads(1)
+    run = {name: run_overhead(case) for name, case in RUNS.items()}
+    print(json.dumps({"hypergradient": hypergradient_overhead(),
+                      "run": run | {"rounds": RUN_ROUNDS, "steps": RUN_STEPS,
+                                    "checkpoint_every": 1},
+                      "threads": 1, "torch": torch.__version__}, indent=1))
 
 
 if __name__ == "__main__":
