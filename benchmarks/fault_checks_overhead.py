@@ -29,7 +29,9 @@ plots (not a check; the same in both). RUN_ROUNDS rounds of a RUN_STEPS-step run
 directory, alternating which goes first; per step: the run's time / RUN_STEPS, so one-time
 costs are spread over the steps; "median_paired_ratio" as above. Two problems: the quadratic
 of training_overhead.py's small case (dim 4, 4 tasks, GD x10: the smallest step, where fixed
-costs weigh most) and the sinusoid above (fomaml, 25 tasks).
+costs weigh most) and the sinusoid above (fomaml, 25 tasks). The checks are also timed
+alone ("checks_alone", `checks_alone`): "checks_alone_share_of_step" is those paid every
+step over the step without checks, "once_per_run_in_steps" those paid once per run, in steps.
 """
 
 import contextlib
@@ -119,12 +121,54 @@ def run_overhead(case: dict) -> dict:
                 start = time.perf_counter()
                 call(Path(folder) / f"{name}-{round_}")
                 times[name].append((time.perf_counter() - start) / RUN_STEPS)
+        alone = checks_alone(problem, case, Path(folder) / "checked-0")
     ratios = [a / b for a, b in zip(times["checked"], times["unchecked"], strict=True)]
     with_checks, without = (statistics.median(times[k]) for k in ("checked", "unchecked"))
     return {"with_checks_s_per_step": with_checks, "without_checks_s_per_step": without,
             "ratio_of_medians": with_checks / without,
             "median_paired_ratio": statistics.median(ratios),
-            "paired_ratios_quartiles": statistics.quantiles(ratios, n=4)}
+            "paired_ratios_quartiles": statistics.quantiles(ratios, n=4),
+            "checks_alone": alone,
+            "checks_alone_share_of_step": sum(alone["per_step_s"].values()) / without,
+            "once_per_run_in_steps": sum(alone["once_per_run_s"].values()) / without}
+
+
+def checks_alone(problem, case: dict, run: Path) -> dict:
+    """The same checks timed alone (no run around them: free of the noise of fsync and of a
+    shared machine), on the state and records of a finished run, median seconds of each:
+    per step the checksum of the final (largest) state, strict JSON's pass over a record
+    and the per-step checks of `hypergradient`; once per run the two fingerprints, the lock
+    and hyper.json with its read-back of the checkpoint."""
+    state = checkpoint.load(run)
+    record = state["history"][-1]
+    h = problem.init_hyper(torch.Generator().manual_seed(0))
+    tasks = problem.sample_tasks(case["tasks_per_step"], torch.Generator().manual_seed(1))
+    grad, info = bilevel.hypergradient(problem, h, tasks, solver=case["solver"],
+                                       method=case["method"])
+    per_step = {"checksum": lambda: checkpoint.content_digest(state),
+                "strict_json": lambda: strict_json.strict(record),
+                "check_hyper": lambda: hypergradient_module.check_hyper(h),
+                "check_values": lambda: hypergradient_module.check_values(h, tasks,
+                                                                          finite=False),
+                "check_problem_code": lambda: hypergradient_module.check_problem_code(
+                    problem, h, tasks),
+                "all_finite": lambda: hypergradient_module._all_finite(grad, info)}
+    once = {"fingerprints": lambda: (trainer.fingerprint(h), trainer.fingerprint(tasks)),
+            "lock": lambda: rundir._locked(run).close(),
+            "hyper_json": lambda: rundir.write_hyper(run, checkpoint.load(run)["h"],
+                                                     state["step"])}
+
+    def medians(calls: dict) -> dict:
+        return {name: statistics.median(_seconds(call) for _ in range(REPEATS))
+                for name, call in calls.items()}
+
+    return {"per_step_s": medians(per_step), "once_per_run_s": medians(once)}
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def hypergradient_overhead() -> dict:
