@@ -6,6 +6,7 @@ import json
 
 import optuna
 import pytest
+import yaml
 
 from bilevel.cli import main
 from bilevel.compare import compare
@@ -89,3 +90,18 @@ def test_a_diverging_hybrid_trials_work_is_counted(tmp_path):
     assert {trial.state for trial in study.trials} == {optuna.trial.TrialState.FAIL}
     assert [trial.user_attrs["cost"] for trial in study.trials] == [40.0] * 5
     assert study_curve(study, "inner_grad_evals", 200).cost == [40.0, 80.0, 120.0, 160.0, 200.0]
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("notaurl", "Could not parse SQLAlchemy URL"),
+    ("sqlite:////nonexistent/folder/study.db", "unable to open database file")])
+def test_a_storage_that_does_not_open_is_one_line_before_any_work(tmp_path, capsys, url,
+                                                                  fragment):
+    """The storage is opened before the bilevel side trains (it was opened after it)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config().resolved | {"out": None}))
+    assert main(["compare", str(path), "--out", str(tmp_path / "out"), "--storage", url]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"storage {url!r}: cannot open it" in error
+    assert fragment in error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.yaml"]
