@@ -11,6 +11,7 @@ are also timed alone ("checks_alone_s", "checks_share" of an unchecked call). Th
 one-time check of the problem's code (cached per problem and shapes) is paid in warm-up
 and reported apart, as "first_call_s". Prints JSON.
 Run: .venv/bin/python benchmarks/fault_checks_overhead.py
+    > docs/results/benchmarks/fault_checks_overhead.cpu.json
 Measured 2026-11-26 (2-core shared CPU, torch 2.13 CPU, load ~2): median paired ratio 1.010,
 ratio of medians 1.014 (21.9 vs 21.6 ms per call); the checks alone 0.14 ms (0.7%); the
 first call's one-time check of the problem 1.1 s. Under heavier load the paired ratio
@@ -38,6 +39,7 @@ import contextlib
 import importlib
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -223,11 +225,15 @@ def hypergradient_overhead() -> dict:
 
 def main():
     torch.set_num_threads(1)
+    loads = [os.getloadavg()[0]]
     run = {name: run_overhead(case) for name, case in RUNS.items()}
-    print(json.dumps({"hypergradient": hypergradient_overhead(),
+    hypergradient = hypergradient_overhead()
+    loads.append(os.getloadavg()[0])
+    print(json.dumps({"hypergradient": hypergradient,
                       "run": run | {"rounds": RUN_ROUNDS, "steps": RUN_STEPS,
                                     "checkpoint_every": 1},
-                      "threads": 1, "torch": torch.__version__}, indent=1))
+                      "threads": 1, "torch": torch.__version__, "load_average": loads},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -201,8 +201,8 @@ def test_validate_and_gradcheck_show_progress_on_long_work(tmp_path, monkeypatch
     assert main([command[0], str(config), *command[1:]]) == 0
     captured = capsys.readouterr()
     unit = "stage" if command[0] == "validate" else "method"
-    assert f"{command[0]}: 100%" in captured.err and "2/2 [" in captured.err
-    assert unit in captured.err and "Traceback" not in captured.err and captured.out
+    assert f"\r{command[0]}: " in captured.err and "/2 [" in captured.err  # 2 stages, methods
+    assert f"{unit}/s]" in captured.err and "Traceback" not in captured.err and captured.out
     assert main([command[0], str(config), *command[1:], "--set", "progress=false"]) == 0
     assert capsys.readouterr().err == ""
 
