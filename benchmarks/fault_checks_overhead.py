@@ -21,24 +21,28 @@ code): three runs (load ~2.5) gave median paired ratios 1.018, 0.998, 0.968 and 
 alone 0.7%, 0.3%, 1.0% of a call; the code before it, in the same session, 1.009 and 0.4%.
 
 "run" (issue 22): every integrity check of a run together, on `meta_train` itself: the
-checkpoint's checksum (a save every step: the most a run pays), the problem's fingerprints
+checkpoint's checksum (at each checkpoint), the problem's fingerprints
 (init_hyper, first batch of tasks), the run directory's lock, the checks of h and the tasks on
 the per-step path of `hypergradient` (check_hyper, check_values, check_problem_code,
 _all_finite), strict JSON in every record, and hyper.json (with the checkpoint's read-back
 that writes it). "without" patches each to a no-op, in the same process; both leave out the
-plots (not a check; the same in both). RUN_ROUNDS rounds of a RUN_STEPS-step run in a fresh
-directory, alternating which goes first; per step: the run's time / RUN_STEPS, so one-time
-costs are spread over the steps; "median_paired_ratio" as above. Two problems: the quadratic
-of training_overhead.py's small case (dim 4, 4 tasks, GD x10: the smallest step, where fixed
-costs weigh most) and the sinusoid above (fomaml, 25 tasks). The checks are also timed
+plots (not a check; the same in both). RUN_ROUNDS rounds of each run of RUNS in a fresh
+directory, alternating which goes first; per step: the run's time / its steps, so one-time
+costs are spread over the steps; "median_paired_ratio" as above. The quadratic of
+training_overhead.py's small case (dim 4, 4 tasks, GD x10: the smallest step, where fixed
+costs weigh most), 100 steps checkpointed at the end (the default) and 20 steps checkpointed
+every step (the most a run pays for the checksum), and the sinusoid above (fomaml, 25
+tasks), 50 steps. The checks are also timed
 alone ("checks_alone", `checks_alone`): "checks_alone_share_of_step" is those paid every
 step over the step without checks, "once_per_run_in_steps" those paid once per run, in steps.
-Measured 2026-12-03 (2-core shared CPU, load 3.8-4.6; docs/results/benchmarks.md): a
-20-step run checkpointing every step, median paired ratio 1.031 (quartiles 0.96-1.15) on the
-quadratic, 0.949 (0.87-1.04) on the sinusoid: the fsync of every step's checkpoint makes the
-whole-run ratio noisier than 3%; the checks timed alone are 0.80% and 1.13% of such a step
-(the checksum 0.3 and 0.6 ms of it), and once per run 0.26 and 0.24 steps (hyper.json with the
-checkpoint's read-back and fsync). Before check_hyper built its message only on failure, it
+Measured 2026-12-03 (2-core shared CPU, load 3.4-6.1; docs/results/benchmarks.md): timed
+alone, the checks paid every step are 0.22% of a step (quadratic, checkpoint at the end),
+1.37% (quadratic, checkpoint every step: the checksum, 0.65 ms, most of it) and 0.12%
+(sinusoid); those paid once per run 0.93, 0.23 and 0.23 steps (hyper.json with its fsync and
+the final checkpoint's checksum, which hashes the history: 6.7 ms after 100 steps). The whole
+runs, interleaved: median paired ratios 1.052, 1.020, 0.969, with quartiles some 15% apart
+(fsync and the shared machine): consistent with the above, too noisy here to resolve 3%.
+Before check_hyper built its message only on failure, it
 formatted repr(h) at every call: 1.27 ms against 0.09 ms without it (quadratic h, load ~8).
 """
 
@@ -79,12 +83,15 @@ from problems.sinusoid import Sinusoid  # noqa: E402
 hypergradient_module = importlib.import_module("bilevel.hypergradient")
 N_TASKS, REPEATS, CALLS = 25, 40, 5
 SOLVER = bilevel.solvers.GD(lr=0.01, steps=10)
-RUN_ROUNDS, RUN_STEPS = 15, 20
-RUNS = {"quadratic": dict(problem=lambda: Quadratic(dim=4, kappa=10.0, n_tasks=4),
-                          solver=bilevel.solvers.GD(lr=0.05, steps=10), tasks_per_step=4,
-                          method="fo-bmaml"),
-        "sinusoid": dict(problem=Sinusoid, solver=SOLVER, tasks_per_step=N_TASKS,
-                         method="fomaml")}
+RUN_ROUNDS = 15
+QUADRATIC = dict(problem=lambda: Quadratic(dim=4, kappa=10.0, n_tasks=4),
+                 solver=bilevel.solvers.GD(lr=0.05, steps=10), tasks_per_step=4,
+                 method="fo-bmaml")
+# name: (the problem and run, its steps, checkpoint_every: None = at the end only)
+RUNS = {"quadratic": (QUADRATIC, 100, None),
+        "quadratic-every-step": (QUADRATIC, 20, 1),
+        "sinusoid": (dict(problem=Sinusoid, solver=SOLVER, tasks_per_step=N_TASKS,
+                          method="fomaml"), 50, None)}
 
 
 @contextlib.contextmanager
@@ -106,11 +113,12 @@ def no_integrity_checks():
         yield
 
 
-def run_overhead(case: dict) -> dict:
+def run_overhead(case: dict, steps: int, checkpoint_every: int | None) -> dict:
     """Seconds per step of a run with its integrity checks and without (interleaved)."""
     problem = case["problem"]()
-    options = dict(solver=case["solver"], method=case["method"], steps=RUN_STEPS,
-                   tasks_per_step=case["tasks_per_step"], checkpoint_every=1, progress=False)
+    options = dict(solver=case["solver"], method=case["method"], steps=steps,
+                   tasks_per_step=case["tasks_per_step"], checkpoint_every=checkpoint_every,
+                   progress=False)
 
     def checked(out):
         bilevel.meta_train(problem, out=out, **options)
@@ -129,11 +137,14 @@ def run_overhead(case: dict) -> dict:
             for name, call in order if round_ % 2 else order[::-1]:
                 start = time.perf_counter()
                 call(Path(folder) / f"{name}-{round_}")
-                times[name].append((time.perf_counter() - start) / RUN_STEPS)
+                times[name].append((time.perf_counter() - start) / steps)
         alone = checks_alone(problem, case, Path(folder) / "checked-0")
+    if checkpoint_every is None:  # one checkpoint, at the end: its checksum once per run
+        alone["once_per_run_s"]["checksum"] = alone["per_step_s"].pop("checksum")
     ratios = [a / b for a, b in zip(times["checked"], times["unchecked"], strict=True)]
     with_checks, without = (statistics.median(times[k]) for k in ("checked", "unchecked"))
-    return {"with_checks_s_per_step": with_checks, "without_checks_s_per_step": without,
+    return {"steps": steps, "checkpoint_every": checkpoint_every,
+            "with_checks_s_per_step": with_checks, "without_checks_s_per_step": without,
             "ratio_of_medians": with_checks / without,
             "median_paired_ratio": statistics.median(ratios),
             "paired_ratios_quartiles": statistics.quantiles(ratios, n=4),
@@ -233,12 +244,11 @@ def hypergradient_overhead() -> dict:
 def main():
     torch.set_num_threads(1)
     loads = [os.getloadavg()[0]]
-    run = {name: run_overhead(case) for name, case in RUNS.items()}
+    run = {name: run_overhead(*setting) for name, setting in RUNS.items()}
     hypergradient = hypergradient_overhead()
     loads.append(os.getloadavg()[0])
     print(json.dumps({"hypergradient": hypergradient,
-                      "run": run | {"rounds": RUN_ROUNDS, "steps": RUN_STEPS,
-                                    "checkpoint_every": 1},
+                      "run": run | {"rounds": RUN_ROUNDS},
                       "threads": 1, "torch": torch.__version__, "load_average": loads},
                      indent=1))
 

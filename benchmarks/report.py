@@ -98,47 +98,45 @@ def overhead_section(sinusoid, training) -> list[str]:
 
 def integrity_section(data, training) -> list[str]:
     run, call = data["run"], data["hypergradient"]
+    names = [name for name in run if name != "rounds"]
     lines = ["## What the integrity checks cost", "",
              "`benchmarks/fault_checks_overhead.py`: a whole `meta_train` run with every "
              "integrity check of a run (the checkpoint's checksum, the problem's fingerprints, "
              "the run directory's lock, the checks of h and the tasks on the per-step path, "
              "strict JSON, hyper.json) against the same run with each patched to a no-op, "
-             f"interleaved in one process, one thread: {run['rounds']} rounds of a "
-             f"{run['steps']}-step run checkpointing every step (the most a run pays), per "
-             "step; plots left out of both. The checks are also timed alone (no noise of fsync "
-             "or of the shared machine): those paid every step as a share of a step, those "
-             f"paid once per run in steps. Load average {load_note(data['load_average'])} "
+             f"interleaved in one process, one thread, {run['rounds']} rounds, per step; plots "
+             "left out of both. The checks are also timed alone (no noise of fsync or of the "
+             "shared machine): those paid every step as a share of a step, those paid once per "
+             "run (with a checkpoint at the end only, its checksum among them) in steps. Load "
+             f"average {load_note(data['load_average'])} "
              f"({', '.join(f'{x:.1f}' for x in data['load_average'])}).", "",
-             "| problem | with checks [ms/step] | without [ms/step] | median paired ratio "
+             "| run | with checks [ms/step] | without [ms/step] | median paired ratio "
              "(quartiles) | checks alone, per step | checks alone, once per run |",
              "|---|---|---|---|---|---|"]
-    names = {"quadratic": "quadratic (dim 4, 4 tasks, GD x10, fo-bmaml)",
-             "sinusoid": "sinusoid (MLP 1-40-40-1, 25 tasks, GD x10, fomaml)"}
-    for name, label in names.items():
+    for name in names:
         r = run[name]
         low, _, high = r["paired_ratios_quartiles"]
-        lines.append(f"| {label} | {1e3 * r['with_checks_s_per_step']:.1f} | "
+        when = "every step" if r["checkpoint_every"] == 1 else "at the end"
+        problem = name.removesuffix("-every-step")
+        lines.append(f"| {problem}: {r['steps']} steps, checkpoint {when} | "
+                     f"{1e3 * r['with_checks_s_per_step']:.1f} | "
                      f"{1e3 * r['without_checks_s_per_step']:.1f} | "
                      f"{r['median_paired_ratio']:.3f} ({low:.2f}-{high:.2f}) | "
                      f"{100 * r['checks_alone_share_of_step']:.2f}% of a step | "
                      f"{r['once_per_run_in_steps']:.2f} steps |")
+    checks = list(dict.fromkeys(k for name in names for part in run[name]["checks_alone"].values()
+                                for k in part))
     lines += ["", "Checks alone, median per call [ms]:", "",
-              "| problem | " + " | ".join(run["quadratic"]["checks_alone"]["per_step_s"])
-              + " | " + " | ".join(run["quadratic"]["checks_alone"]["once_per_run_s"]) + " |",
-              "|---" * (1 + len(run["quadratic"]["checks_alone"]["per_step_s"])
-                        + len(run["quadratic"]["checks_alone"]["once_per_run_s"])) + "|"]
+              "| run | " + " | ".join(checks) + " |", "|---" * (1 + len(checks)) + "|"]
     for name in names:
         alone = run[name]["checks_alone"]
-        cells = [*alone["per_step_s"].values(), *alone["once_per_run_s"].values()]
-        lines.append(f"| {name} | " + " | ".join(f"{1e3 * v:.3f}" for v in cells) + " |")
-    others = {name: sum(v for k, v in run[name]["checks_alone"]["per_step_s"].items()
-                        if k != "checksum") for name in names}
-    lines += ["", "A run that checkpoints less often pays the checksum once per checkpoint; "
-              "the other per-step checks take " + ", ".join(
-                  f"{1e3 * v:.3f} ms ({name})" for name, v in others.items())
-              + " per step, against a bare step of the small quadratic of "
-              f"{training['small']['bare_ms_per_step']:.1f} ms above."]
-    lines += ["", f"Per `hypergradient` call ({call['workload']}): median paired ratio "
+        values = alone["per_step_s"] | alone["once_per_run_s"]
+        lines.append(f"| {name} | " + " | ".join(f"{1e3 * values[k]:.3f}" for k in checks)
+                     + " |")
+    lines += ["", "Quadratic: dim 4, 4 tasks, GD x10, fo-bmaml (the small case of "
+              f"training_overhead.py, a bare step of {training['small']['bare_ms_per_step']:.1f}"
+              " ms there); sinusoid: MLP 1-40-40-1, 25 tasks, GD x10, fomaml.",
+              "", f"Per `hypergradient` call ({call['workload']}): median paired ratio "
               f"{call['median_paired_ratio']:.3f}, its checks alone "
               f"{100 * call['checks_share']:.2f}% of a call.", ""]
     return lines
