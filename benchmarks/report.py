@@ -7,6 +7,8 @@
     python benchmarks/compiled_overhead.py > docs/results/benchmarks/compiled_overhead.cpu.json
     python benchmarks/compiled_whole.py > docs/results/benchmarks/compiled_whole.cpu.json
     python benchmarks/kinks.py > docs/results/benchmarks/kinks.cpu.json
+    python benchmarks/fault_checks_overhead.py \
+        > docs/results/benchmarks/fault_checks_overhead.cpu.json
     python benchmarks/report.py
 
 and on a machine with a CUDA GPU (benchmarks/cuda_check.sh runs it beside the test suite):
@@ -92,6 +94,52 @@ def overhead_section(sinusoid, training) -> list[str]:
                      f"{r['loop_ms_per_step']:.1f} | {r['ratio_loop']:.3f} | "
                      f"{r['ratio_loop_with_run_dir']:.3f} |")
     return lines + [""]
+
+
+def integrity_section(data, training) -> list[str]:
+    run, call = data["run"], data["hypergradient"]
+    names = [name for name in run if name != "rounds"]
+    lines = ["## What the integrity checks cost", "",
+             "`benchmarks/fault_checks_overhead.py`: a whole `meta_train` run with every "
+             "integrity check of a run (the checkpoint's checksum, the problem's fingerprints, "
+             "the run directory's lock, the checks of h and the tasks on the per-step path, "
+             "strict JSON, hyper.json) against the same run with each patched to a no-op, "
+             f"interleaved in one process, one thread, {run['rounds']} rounds, per step; plots "
+             "left out of both. The checks are also timed alone (no noise of fsync or of the "
+             "shared machine): those paid every step as a share of a step, those paid once per "
+             "run (with a checkpoint at the end only, its checksum among them) in steps. Load "
+             f"average {load_note(data['load_average'])} "
+             f"({', '.join(f'{x:.1f}' for x in data['load_average'])}).", "",
+             "| run | with checks [ms/step] | without [ms/step] | median paired ratio "
+             "(quartiles) | checks alone, per step | checks alone, once per run |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        r = run[name]
+        low, _, high = r["paired_ratios_quartiles"]
+        when = "every step" if r["checkpoint_every"] == 1 else "at the end"
+        problem = name.removesuffix("-every-step")
+        lines.append(f"| {problem}: {r['steps']} steps, checkpoint {when} | "
+                     f"{1e3 * r['with_checks_s_per_step']:.1f} | "
+                     f"{1e3 * r['without_checks_s_per_step']:.1f} | "
+                     f"{r['median_paired_ratio']:.3f} ({low:.2f}-{high:.2f}) | "
+                     f"{100 * r['checks_alone_share_of_step']:.2f}% of a step | "
+                     f"{r['once_per_run_in_steps']:.2f} steps |")
+    checks = list(dict.fromkeys(k for name in names for part in run[name]["checks_alone"].values()
+                                for k in part))
+    lines += ["", "Checks alone, median per call [ms]:", "",
+              "| run | " + " | ".join(checks) + " |", "|---" * (1 + len(checks)) + "|"]
+    for name in names:
+        alone = run[name]["checks_alone"]
+        values = alone["per_step_s"] | alone["once_per_run_s"]
+        lines.append(f"| {name} | " + " | ".join(f"{1e3 * values[k]:.3f}" for k in checks)
+                     + " |")
+    lines += ["", "Quadratic: dim 4, 4 tasks, GD x10, fo-bmaml (the small case of "
+              f"training_overhead.py, a bare step of {training['small']['bare_ms_per_step']:.1f}"
+              " ms there); sinusoid: MLP 1-40-40-1, 25 tasks, GD x10, fomaml.",
+              "", f"Per `hypergradient` call ({call['workload']}): median paired ratio "
+              f"{call['median_paired_ratio']:.3f}, its checks alone "
+              f"{100 * call['checks_share']:.2f}% of a call.", ""]
+    return lines
 
 
 def load_note(loads: list) -> str:
@@ -221,6 +269,7 @@ def main():
              "for the last section (a GPU).", ""]
     lines += estimators_section(load("estimators"))
     lines += overhead_section(load("sinusoid_overhead"), load("training_overhead"))
+    lines += integrity_section(load("fault_checks_overhead"), load("training_overhead"))
     lines += compiled_section(load("compiled"))
     lines += compiled_overhead_section(load("compiled_overhead"))
     lines += compiled_whole_section(load("compiled_whole"))

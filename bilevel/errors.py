@@ -18,6 +18,9 @@
 Every message names the argument, file or key, the value received and what was expected.
 """
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 
 class BilevelError(Exception):
     """The root of the library's own errors."""
@@ -41,12 +44,20 @@ class RunWriteError(RunDirectoryError):
 
 class DivergenceError(BilevelError):
     """A run blew up: `step` is the outer step, `quantity` what blew up and `problem` how (not
-    finite, or grown past a bound); `note` says what was kept (the last good checkpoint)."""
+    finite, or grown past a bound); `note` says what was kept (the last good checkpoint).
+    `spent`: the work of the step that blew up, which no record of the run holds (its
+    estimator's counts, `inner_grad_evals`, `hvps`, ..., named as in a record, and
+    `held_out_inner_grad_evals` when its held-out evaluation ran); empty where unknown."""
 
-    def __init__(self, step: int, quantity: str, note: str = "", problem: str = "is not finite"):
+    spent: Mapping[str, float] = MappingProxyType({})
+
+    def __init__(self, step: int, quantity: str, note: str = "", problem: str = "is not finite",
+                 spent: Mapping[str, float] | None = None):
         super().__init__(f"diverged at step {step}: {quantity} {problem}{note}")
         self.step: int | None = step  # None in subclasses: outside any outer step
         self.quantity = quantity
+        if spent is not None:
+            self.spent = MappingProxyType(dict(spent))
 
 
 class NonFiniteTasksError(BilevelError):

@@ -71,15 +71,17 @@ def all_finite(leaves) -> bool:
 def check_hyper(h, name: str = "h"):
     """h: a non-empty dict of floating-point tensors; `name` says where it came from."""
     _check_floating_dict(
-        h, f"{name} must be a non-empty dict of tensors, got {type(h).__name__} {h!r:.60}",
+        h, lambda: f"{name} must be a non-empty dict of tensors, got {type(h).__name__} "
+                   f"{h!r:.60}",
         lambda where, leaf: f"{name}{where} must be a floating-point tensor, got {leaf!r}")
 
 
-def _check_floating_dict(tree, empty: str, bad_leaf) -> None:
+def _check_floating_dict(tree, empty, bad_leaf) -> None:
     """`tree` a non-empty dict whose leaves are floating-point tensors, else an
-    InvalidInputError: `empty`, or bad_leaf(key path, leaf)."""
+    InvalidInputError: empty(), or bad_leaf(key path, leaf). The messages are built only on
+    failure (the repr of a dict of tensors costs more than the check)."""
     if not isinstance(tree, dict) or not tree:
-        raise InvalidInputError(empty)
+        raise InvalidInputError(empty())
     for path, leaf in tree_leaves_with_path(tree):
         if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
             raise InvalidInputError(bad_leaf(keystr(path), leaf))
@@ -314,7 +316,8 @@ def _translate(name: str, thunk, integers=()):
 
 def _check_phi(phi) -> None:
     _check_floating_dict(
-        phi, f"problem.inner_init must return a non-empty dict of tensors (phi), got {phi!r:.80}",
+        phi, lambda: f"problem.inner_init must return a non-empty dict of tensors (phi), got "
+                     f"{phi!r:.80}",
         lambda where, leaf: f"problem.inner_init returned phi{where} = {leaf!r:.80}; expected "
                             "a floating-point tensor")
 

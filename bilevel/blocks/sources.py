@@ -27,6 +27,7 @@ import abc
 import csv
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -78,16 +79,22 @@ def _check_kind(kind: str, y: np.ndarray, where: str) -> str:
 
 
 def finite_cells(table: np.ndarray, where: str, columns, first_row: int = 0,
-                 row_name: str = "row") -> None:
+                 row_name: str = "row", dtype: torch.dtype | None = None) -> None:
     """An InvalidInputError naming the first NaN or infinite cell of `table` (rows, columns)
-    by its column (`columns`: the names) and row (counted from `first_row`)."""
+    by its column (`columns`: the names) and row (counted from `first_row`); with `dtype`,
+    also the first cell beyond the dtype's largest number (it would become infinite)."""
     cells = table.reshape(len(table), -1)
-    bad = np.argwhere(~np.isfinite(cells))
+    limit = math.inf if dtype is None else torch.finfo(dtype).max
+    bad = np.argwhere(~(np.isfinite(cells) & (np.abs(cells) <= limit)))
     if len(bad):
         row, column = bad[0]
+        value = cells[row, column]
+        beyond = (f"beyond {str(dtype).removeprefix('torch.')}'s largest number "
+                  f"({limit:.3g})" if np.isfinite(value) else "not finite")
         raise InvalidInputError(f"{where}: {row_name} {row + first_row}, column "
-                                f"{columns[column]!r} holds {cells[row, column]} ({len(bad)} "
-                                "cell(s) not finite in all); the data must be finite numbers")
+                                f"{columns[column]!r} holds {value} ({len(bad)} "
+                                f"cell(s) not finite or too large in all: this one {beyond}); "
+                                "the data must be finite numbers")
 
 
 def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, device,
@@ -99,8 +106,8 @@ def table_tasks(x: np.ndarray, y: np.ndarray, kind: str, split: dict, dtype, dev
     if len(x) == 0 or x.shape[1] == 0:
         raise InvalidInputError(f"{where}: the table has {len(x)} rows and {x.shape[1]} feature "
                                 "columns; it needs at least one of each")
-    finite_cells(x, where, [f"feature {j}" for j in range(x.shape[1])])
-    finite_cells(y, where, ["target"] * (1 if y.ndim == 1 else y.shape[1]))
+    finite_cells(x, where, [f"feature {j}" for j in range(x.shape[1])], dtype=dtype)
+    finite_cells(y, where, ["target"] * (1 if y.ndim == 1 else y.shape[1]), dtype=dtype)
     kind = _check_kind(kind, y, where)
     rows = len(y)
     if test is not None:

@@ -67,6 +67,6 @@ def run_bilevel(built, directory: Path, unit: str, budget: float):
     steps = steps_for(built, unit, budget)
     torch.manual_seed(built.spec.seed)
     result = train(built, steps=steps, out=directory,
-                   resume=(directory / "checkpoint.pt").exists(), progress=built.spec.progress)
+                   resume=(directory / "settings.json").exists(), progress=built.spec.progress)
     curve, _ = history_curve("bilevel", result.history, built, evaluation(built.spec).tasks)
     return curve.within(unit, budget), result.h

@@ -53,19 +53,19 @@ def compare(config, *, out=None, storage=None, only="both", worker=0) -> dict:
         raise InvalidInputError(f"only must be one of {', '.join(SIDES)}, got {only!r}")
     sampler_seed(config.resolved["seed"], worker)  # before any work
     directory = run_directory(config, out)
-    _record(directory, config.resolved | {"out": str(directory)})
+    _record(directory, config.recorded_in(directory) | {"out": str(directory)})
     built = build(config)
     _check_space(config, built, search)
     unit, budget = budget_of(search)
+    url = storage or search["storage"]
+    opened = study_storage(url, directory)  # a URL that does not open fails before any work
     curves, tests = {}, {}
     if only in ("both", "bilevel"):
         curves["bilevel"], h = run_bilevel(built, directory / "bilevel", unit, budget)
         tests["bilevel"] = test_numbers(built, h)
-        record_bilevel_side(study_storage(storage or search["storage"], directory),
-                            curves["bilevel"], tests["bilevel"], unit, budget)
+        record_bilevel_side(opened, curves["bilevel"], tests["bilevel"], unit, budget)
     if only in ("both", "optuna"):
-        study = run_optuna(config, built, search, directory, worker=worker,
-                           url=storage or search["storage"])
+        study = run_optuna(config, built, search, directory, worker=worker, url=url)
         curves[f"optuna-{search['sampler']}"] = curve = study_curve(study, unit, budget)
         if not curve.cost and unit != "seconds":
             raise InvalidInputError(

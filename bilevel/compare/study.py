@@ -57,7 +57,8 @@ def storage(url: str | None, directory: Path):
             racing = any(w in str(error).lower() for w in ("duplicate", "already exists"))
             if attempt == OPEN_ATTEMPTS - 1 or not racing:
                 raise InvalidInputError(f"storage {url!r}: cannot open it as an Optuna storage "
-                                        f"({type(error).__name__}: {error})") from None
+                                        f"({type(error).__name__}: "
+                                        f"{str(error).splitlines()[0]})") from None
             time.sleep(0.2 * (attempt + 1))
 
 

@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from bilevel.compare.bilevel_side import evaluation, history_curve, train
-from bilevel.compare.cost import solve_cost
+from bilevel.compare.cost import solve_cost, step_cost
 from bilevel.compare.space import fixed_values, parameter_names
 from bilevel.config.build import build
 from bilevel.config.load import from_dict
@@ -92,7 +92,8 @@ class Trial:
                 return self.meta_train(trial, dataclasses.replace(built, problem=problem),
                                        spent, record)
             return self.validate(built, problem.full({}), spent, record)
-        except DivergenceError:
+        except DivergenceError as error:  # the steps before it counted by `_Reporter`
+            spent[0] += step_cost(error.spent) + error.spent.get("held_out_inner_grad_evals", 0)
             return math.nan  # Optuna records the trial as failed; its cost still counts
         finally:
             record()

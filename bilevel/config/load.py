@@ -35,6 +35,19 @@ class Config:
         """Where relative paths in the config (data files, python: modules) are looked up."""
         return Path.cwd() if self.file is None else self.file.resolve().parent
 
+    def recorded_in(self, directory: Path) -> dict:
+        """`resolved` as the run directory `directory` records it (its config.yaml): a data
+        path given relative (to the config's folder) rewritten relative to `directory`, so
+        that the record finds the data from wherever the run directory and the data are
+        moved together; an absolute path kept as it is."""
+        resolved = copy.deepcopy(self.resolved)
+        source = resolved["problem"].get("source") if isinstance(resolved["problem"],
+                                                                  dict) else None
+        if isinstance(source, dict) and "path" in source and not Path(
+                source["path"]).is_absolute():
+            source["path"] = os.path.relpath(self.folder / source["path"], directory.resolve())
+        return resolved
+
     def error(self, message: str, path=()) -> ConfigError:
         """A ConfigError at `path`, placed at the closest line the file has for it."""
         return ConfigError(message, file=None if self.file is None else str(self.file),
@@ -60,13 +73,8 @@ def from_dict(data, *, file=None, marks=None, overrides=()) -> Config:
     except pydantic.ValidationError as error:
         raise ConfigError("\n".join(_describe(e, data, marks or {}, source)
                                     for e in error.errors()), file=None) from None
-    config = Config(None if file is None else Path(file), model.model_dump(mode="json"),
-                    marks or {})
-    data = config.resolved["problem"].get("source") if isinstance(
-        config.resolved["problem"], dict) else None
-    if isinstance(data, dict) and "path" in data:  # recorded absolute: a run dir's
-        data["path"] = str(config.folder / data["path"])  # copy finds the file too
-    return config
+    return Config(None if file is None else Path(file), model.model_dump(mode="json"),
+                  marks or {})
 
 
 def apply_override(data: dict, override: str, source) -> dict:

@@ -30,10 +30,18 @@ CONFIG_FILE = "config.yaml"
 RESUMABLE = spec.RESUMABLE | {"out"}
 
 
+# What a run directory holds beside its config.yaml: a run's settings, a comparison's.
+RUN_MARKS = ("settings.json", "compare.json", "bilevel/settings.json")
+
+
 def run_directory(config: Config, out=None) -> Path:
-    """--out, else the config's `out`, else runs/<the config file's stem>."""
+    """--out, else the folder of a run's own record (its config.yaml, wherever the run
+    directory was moved), else the config's `out`, else runs/<the config file's stem>."""
     if out is not None:
         return Path(out)
+    if config.file is not None and config.file.name == CONFIG_FILE and any(
+            (config.file.parent / mark).is_file() for mark in RUN_MARKS):
+        return config.file.parent
     if config.resolved["out"] is not None:
         return Path(config.resolved["out"])
     stem = "run" if config.file is None else config.file.stem
@@ -45,7 +53,7 @@ def run(config: Config, *, out=None, resume: bool = False):
     directory = run_directory(config, out)
     built = build(config)
     # The run keys recorded are the spec's own record, as in settings.json.
-    resolved = config.resolved | built.spec.record() | {"out": str(directory)}
+    resolved = config.recorded_in(directory) | built.spec.record() | {"out": str(directory)}
     check_record(directory, resolved, resume)
     result = meta_train(built.problem, built.spec, out=directory, resume=resume,
                         callbacks=[_ConfigRecord(resolved)])

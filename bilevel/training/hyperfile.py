@@ -105,35 +105,54 @@ def _leaf_text(leaf: dict) -> str:
 
 def describe(directory) -> str:
     """What `bilevel show` prints: the run's status and final metrics (summary.json, test.json)
-    and its learned hyperparameters (hyper.json, else the checkpoint), big leaves summarised."""
+    and its learned hyperparameters (hyper.json, else the checkpoint), big leaves summarised.
+    A file that is not as a run writes it (edited, truncated) is a RunDirectoryError naming
+    it, never a traceback."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise RunDirectoryError(f"{directory} is not a run directory (no such directory)")
+        what = "a file" if directory.exists() else "no such directory"
+        raise RunDirectoryError(f"{directory} is not a run directory ({what})")
     lines = []
     summary_path = directory / "summary.json"
     if summary_path.is_file():
-        summary = _read_json(summary_path)
-        lines.append(f"{directory}: {summary['status']} after {summary['steps_completed']} "
-                     "steps" + (f" ({summary['message']})" if summary.get("message") else ""))
-        last = {k: v for k, v in (summary.get("last") or {}).items() if k != "step"}
-        lines += [f"  {k:<28} {_number(v)}" for k, v in last.items()]
+        lines += _shown(summary_path, lambda summary: _summary_lines(directory, summary))
     else:
         lines.append(f"{directory}: no summary.json (running, or killed before it stopped)")
     if (directory / "test.json").is_file():
-        lines.append("test:")
-        lines += [f"  {k:<28} {_number(v)}"
-                  for k, v in _read_json(directory / "test.json").items()]
+        lines += _shown(directory / "test.json", lambda test: ["test:", *(
+            f"  {k:<28} {_number(v)}" for k, v in test.items())])
     path = directory / FILENAME
     if path.is_file():
-        record = _read_json(path)
+        lines += _shown(path, _hyper_lines)
     elif (directory / checkpoint.FILENAME).is_file():
         saved = checkpoint.load(directory)
-        record = hyper_record(saved["h"], saved["step"])
+        lines += _hyper_lines(hyper_record(saved["h"], saved["step"]))
     else:
         raise RunDirectoryError(f"{directory} holds neither {FILENAME} nor "
                                 f"{checkpoint.FILENAME}: no hyperparameters to show")
-    lines.append(f"hyperparameters (step {record['step']}):")
+    return "\n".join(lines)
+
+
+def _shown(path: Path, lines) -> list[str]:
+    """lines(the JSON in `path`); a RunDirectoryError naming the file where its content is
+    not what a run writes (a key missing, a list for an object, a word for a number)."""
+    try:
+        return list(lines(_read_json(path)))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RunDirectoryError(f"{path} is not as a run writes it ({type(error).__name__}: "
+                                f"{error}); it was edited or damaged") from None
+
+
+def _summary_lines(directory: Path, summary: dict) -> list[str]:
+    lines = [f"{directory}: {summary['status']} after {summary['steps_completed']} steps"
+             + (f" ({summary['message']})" if summary.get("message") else "")]
+    last = {k: v for k, v in (summary.get("last") or {}).items() if k != "step"}
+    return lines + [f"  {k:<28} {_number(v)}" for k, v in last.items()]
+
+
+def _hyper_lines(record: dict) -> list[str]:
+    lines = [f"hyperparameters (step {record['step']}):"]
     lines += [f"  {name:<28} {_leaf_text(leaf)}" for name, leaf in _walk(record["h"])]
     if "lam" in record:
         lines += [f"  {name:<28} {_leaf_text(leaf)}" for name, leaf in _walk(record["lam"], "lam")]
-    return "\n".join(lines)
+    return lines

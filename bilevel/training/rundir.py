@@ -197,18 +197,26 @@ def _locked(path: Path):
 
 
 def check_usable(path: Path) -> None:
-    """A new run may use `path`: it does not exist yet, or is a directory that holds only
-    the library's own files."""
+    """A new run may use `path`: it does not exist yet, or is a directory without files
+    (hidden ones aside: a lock, a stray temporary file). Files named as a run's but without
+    its settings.json (another tool's metrics.jsonl or checkpoint.pt) are refused too."""
     if path.exists() and not path.is_dir():
         raise RunDirectoryError(f"out={str(path)!r} is a file, not a directory")
     if not path.exists():
         return
-    foreign = sorted(f.name for f in path.iterdir()
-                     if f.name not in OWN_FILES and not f.name.startswith("."))
+    names = sorted(f.name for f in path.iterdir() if not f.name.startswith("."))
+    foreign = [name for name in names if name not in OWN_FILES]
     if foreign:
-        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise RunDirectoryError(f"out={str(path)!r} holds files that are not a run's ({listed}); "
-                                "choose an empty or new directory")
+        raise RunDirectoryError(f"out={str(path)!r} holds files that are not a run's "
+                                f"({_listed(foreign)}); choose an empty or new directory")
+    if names:
+        raise RunDirectoryError(f"out={str(path)!r} holds {_listed(names)} but no settings.json: "
+                                "not a run this library can resume (another tool's files, or a "
+                                "run whose record was deleted); choose an empty or new directory")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def log_scale(name: str, values) -> bool:

@@ -311,7 +311,7 @@ class _Run:
         if self.warm is not None:  # the step's cost: the warm solves' and the estimator's
             for key in ("inner_grad_evals", "grad_evals"):
                 scalars[key] += scalars["warm_start_inner_grad_evals"]
-        self._check(t, scalars, WATCHED)
+        self._check(t, scalars, WATCHED, spent=scalars)
         self._check_growth(t, scalars)
         self._warn_if_unconverged(scalars)
         with interrupts.deferred():
@@ -330,7 +330,8 @@ class _Run:
                 means, cost = evaluate_held_out(self.problem, self.h(), self.eval_shard,
                                                 spec.solver, spec.eval.tasks, self.processes,
                                                 compile=spec.compile)
-                self._check(t, means, {k: f"the held-out {k[5:]}" for k in means})
+                self._check(t, means, {k: f"the held-out {k[5:]}" for k in means}, spent=scalars
+                            | {"held_out_inner_grad_evals": cost.inner_grad_evals})
                 self.held_out_evals_total += cost.inner_grad_evals
                 record |= means | {"held_out_inner_grad_evals": cost.inner_grad_evals}
             record["total_inner_grad_evals"] = self.evals_total + self.held_out_evals_total
@@ -343,7 +344,10 @@ class _Run:
                 self.estimator_state = info.state
             self.rng = checkpoint.rng_states(self.generators)
             if self.files is not None:
-                self.files.log(record)
+                try:
+                    self.files.log(record)
+                except RunWriteError as error:
+                    raise self._stopped(error) from None
                 every = spec.checkpoint_every
                 if t == spec.steps or (every and t % every == 0):
                     self.save()
@@ -367,10 +371,12 @@ class _Run:
                                    f"{type(error).__name__}: {error}")
             raise
 
-    def _check(self, t: int, values: dict, watched: dict) -> None:
+    def _check(self, t: int, values: dict, watched: dict, spent: dict) -> None:
+        """A DivergenceError at step t if one of `watched` in `values` is not finite; `spent`:
+        the step's work so far (DivergenceError.spent)."""
         bad = non_finite(values, watched)
         if bad is not None:
-            raise DivergenceError(t, f"{watched[bad]} ({bad})", self._kept())
+            raise DivergenceError(t, f"{watched[bad]} ({bad})", self._kept(), spent=spent)
 
     def _check_growth(self, t: int, values: dict) -> None:
         """Blow-ups that stay finite (float64 can reach 1e+300): an inner solve whose gradient
@@ -379,12 +385,12 @@ class _Run:
         ratio = values.get(per_task_name(INNER_GRAD_RATIO, "max"))
         factor = self.spec.divergence_factor
         if ratio is not None and ratio > factor:
-            raise DivergenceError(t, "an inner solve", self._kept(), problem=(
+            raise DivergenceError(t, "an inner solve", self._kept(), spent=values, problem=(
                 f"blew up: its gradient norm grew {ratio:.3g}-fold over the solve (more than "
                 f"divergence_factor={factor:g}); lower the solver's lr"))
         first, loss = (self.history[0]["loss"] if self.history else None), values.get("loss")
         if first and loss is not None and abs(loss) > factor * abs(first):
-            raise DivergenceError(t, "the loss", self._kept(), problem=(
+            raise DivergenceError(t, "the loss", self._kept(), spent=values, problem=(
                 f"blew up: {loss:.3g} against {first:.3g} at step 1 (more than "
                 f"divergence_factor={factor:g} times); lower the outer lr"))
 
@@ -436,8 +442,13 @@ class _Run:
         try:
             checkpoint.save(self.out, self.state())
         except RunWriteError as error:
-            raise RunWriteError(f"stopped after step {self.step}: {error}{self._kept()}") from None
+            raise self._stopped(error) from None
         self.saved_step = self.step
+
+    def _stopped(self, error: RunWriteError) -> RunWriteError:
+        """A failed write (a full disk) as the error that stops the run: the step it stopped
+        after, and the last good checkpoint, which is kept."""
+        return RunWriteError(f"stopped after step {self.step}: {error}{self._kept()}")
 
     def interrupted(self, torn: bool) -> None:
         """Ctrl-C: checkpoint the last completed step, unless the interrupt tore a step

@@ -6,6 +6,7 @@ import json
 
 import optuna
 import pytest
+import yaml
 
 from bilevel.cli import main
 from bilevel.compare import compare
@@ -76,3 +77,31 @@ def test_the_bilevel_side_is_a_study_beside_optunas(tmp_path):
         assert attrs["budget"] == 600 and attrs["budget_unit"] == "inner_grad_evals"
     compare(config(), out=tmp_path)  # resumed: the bilevel study is written anew, not doubled
     assert len(optuna.load_study(study_name="compare-bilevel", storage=storage).trials) == 1
+
+
+def test_a_diverging_hybrid_trials_work_is_counted(tmp_path):
+    """Each hybrid trial's first step blows up (an inner solve grows 1.46-fold, more than
+    divergence_factor 1.2): the trial fails, and the hypergradient that step spent (two
+    solves of 20 steps: 40 inner gradient evaluations, in no record) is counted."""
+    search = {"space": {}, "budget": {"inner_grad_evals": 200},
+              "config": {"solver.lr": {"choices": [50.0]}}}
+    compare(config(search=search, steps=3, divergence_factor=1.2), out=tmp_path, only="optuna")
+    study = optuna.load_study(study_name="compare", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert {trial.state for trial in study.trials} == {optuna.trial.TrialState.FAIL}
+    assert [trial.user_attrs["cost"] for trial in study.trials] == [40.0] * 5
+    assert study_curve(study, "inner_grad_evals", 200).cost == [40.0, 80.0, 120.0, 160.0, 200.0]
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("notaurl", "Could not parse SQLAlchemy URL"),
+    ("sqlite:////nonexistent/folder/study.db", "unable to open database file")])
+def test_a_storage_that_does_not_open_is_one_line_before_any_work(tmp_path, capsys, url,
+                                                                  fragment):
+    """The storage is opened before the bilevel side trains (it was opened after it)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config().resolved | {"out": None}))
+    assert main(["compare", str(path), "--out", str(tmp_path / "out"), "--storage", url]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"storage {url!r}: cannot open it" in error
+    assert fragment in error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.yaml"]

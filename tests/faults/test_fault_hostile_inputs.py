@@ -258,6 +258,19 @@ def test_nan_and_inf_cells_are_named_by_file_line_and_column(tmp_path, capsys, r
     assert f"{path}: line {row + 1}, column {rows[0][3]!r} holds {value}" in message
 
 
+def test_cells_beyond_the_runs_dtype_are_named_and_accepted_in_float64(tmp_path, capsys):
+    """1e308 is a finite float64 but infinite in float32: refused at load for a float32 run,
+    naming the file, row and column, and accepted for a float64 one."""
+    rows = breast_cancer_rows()
+    rows[7][2] = "1e308"
+    path = write_rows(tmp_path / "data.csv", rows)
+    config = str(table_config(tmp_path, str(path)))
+    message = one_line_error(capsys, "validate", config, "--set", "dtype=float32")
+    assert f"{path}: row 6, column 'feature 2' holds 1e+308" in message
+    assert "beyond float32's largest number (3.4e+38)" in message
+    assert main(["validate", config]) == 0  # float64
+
+
 def test_nan_cells_of_an_npz_are_named_by_array_row_and_column(tmp_path):
     path = tmp_path / "data.npz"
     x = np.ones((4, 3))

@@ -7,6 +7,7 @@ are simulated by making the OS calls that write under it raise the OSError the k
 
 import errno
 import io
+import json
 import os
 from pathlib import Path
 
@@ -157,6 +158,61 @@ def test_cli_full_disk_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("bilevel run: stopped: stopped after step 2: cannot write")
     assert "No space left on device" in err and checkpoint.load(out)["step"] == 1
+
+
+def fill_disk_in_metrics(monkeypatch, records: int) -> None:
+    """metrics.jsonl, opened for appending, takes `records` lines; the next write puts part
+    of its line into the file and fails with ENOSPC, as every one after it."""
+    open_ = Path.open
+
+    class Full:
+        def __init__(self, file):
+            self.file, self.left = file, records
+
+        def write(self, text):
+            if self.left == 0:
+                self.file.write(text[:7])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= 1
+            return self.file.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def guarded(self, mode="r", *args, **kwargs):
+        file = open_(self, mode, *args, **kwargs)
+        return Full(file) if self.name == "metrics.jsonl" and "a" in mode else file
+
+    monkeypatch.setattr(Path, "open", guarded)
+
+
+def test_a_full_disk_while_logging_metrics_stops_the_run_and_keeps_the_last_checkpoint(
+        tmp_path, monkeypatch):
+    fill_disk_in_metrics(monkeypatch, records=2)
+    with pytest.raises(bilevel.RunWriteError, match=(
+            r"^stopped after step 3: cannot write .*metrics\.jsonl \(No space left on "
+            r"device\); the last good checkpoint \(step 2\) is kept in ")):
+        train(tmp_path, steps=5, checkpoint_every=1)
+    assert checkpoint.load(tmp_path)["step"] == 2  # step 3 never saved
+    monkeypatch.undo()  # the disk freed: the run resumes from step 2, its record whole
+    resumed = train(tmp_path, steps=5, checkpoint_every=1, resume=True)
+    uninterrupted = train(tmp_path / "again", steps=5)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in uninterrupted.history]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
+
+
+def test_cli_full_disk_in_metrics_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    config, out = cli_run(tmp_path)  # 3 steps, checkpointed at the end
+    capsys.readouterr()
+    fill_disk_in_metrics(monkeypatch, records=1)
+    assert main(["run", str(config), "--out", str(out), "--resume", "--set", "steps=6"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("bilevel run: stopped: stopped after step 5: cannot write ")
+    assert "metrics.jsonl (No space left on device)" in err
+    assert "the last good checkpoint (step 3) is kept" in err
+    assert checkpoint.load(out)["step"] == 3
 
 
 def test_a_full_disk_while_writing_a_record_leaves_it_and_no_temporary_file(tmp_path,

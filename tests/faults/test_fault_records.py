@@ -4,9 +4,16 @@ learned is in hyper.json and `bilevel show`."""
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import bilevel
 from bilevel import strict_json
@@ -146,3 +153,72 @@ def test_version_from_the_package_metadata(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"bilevel {bilevel.__version__}\n"
+
+
+def test_ctrl_c_of_bilevel_run_prints_the_command_that_resumes_it(tmp_path):
+    """SIGINT to `bilevel run`: the checkpoint of the last step, and the CLI command (not a
+    Python call) that resumes it, which works as printed, from another directory."""
+    root = Path(__file__).resolve().parents[2]
+    config, out = tmp_path / "long.yaml", tmp_path / "out"
+    config.write_text(yaml.safe_dump({
+        "problem": {"name": "quadratic", "dim": 4, "kappa": 10.0, "n_tasks": 4},
+        "solver": {"name": "gd", "lr": 0.05, "steps": 10}, "steps": 100000,
+        "tasks_per_step": 2, "progress": False}))
+    run = subprocess.Popen([sys.executable, "-m", "bilevel.cli", "run", str(config), "--out",
+                            str(out)], cwd=root, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert run.poll() is None, run.stderr.read()
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in stderr
+    step = checkpoint.load(out)["step"]
+    command = f"bilevel run {out / 'config.yaml'} --resume"
+    assert f"resume with {command} (same settings; steps may grow)" in stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run([sys.executable, "-m", "bilevel.cli", *command.split()[1:],
+                              "--set", f"steps={step + 2}"], cwd=elsewhere, text=True,
+                             capture_output=True, env=os.environ | {"PYTHONPATH": str(root)})
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith(f"completed: {step + 2} steps in {out}")
+
+
+@pytest.mark.parametrize("command", [["validate"], ["gradcheck", "--methods", "maml,exact",
+                                                    "--repeats", "1"]])
+def test_validate_and_gradcheck_show_progress_on_long_work(tmp_path, monkeypatch, capsys,
+                                                           command):
+    """A bar on stderr once the work lasts PROGRESS_DELAY seconds (here: at once), naming
+    the command and counting its stages or methods; none with `progress: false`."""
+    from bilevel.config import runs
+
+    config = tmp_path / "q.yaml"
+    config.write_text(yaml.safe_dump({
+        "problem": {"name": "quadratic", "dim": 4, "kappa": 10.0, "n_tasks": 4},
+        "solver": {"name": "gd", "lr": 0.05, "steps": 10}, "steps": 3, "tasks_per_step": 2}))
+    monkeypatch.setattr(runs, "PROGRESS_DELAY", 0.0)
+    assert main([command[0], str(config), *command[1:]]) == 0
+    captured = capsys.readouterr()
+    unit = "stage" if command[0] == "validate" else "method"
+    assert f"\r{command[0]}: " in captured.err and "/2 [" in captured.err  # 2 stages, methods
+    assert f"{unit}/s]" in captured.err and "Traceback" not in captured.err and captured.out
+    assert main([command[0], str(config), *command[1:], "--set", "progress=false"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name, text, what", [
+    ("summary.json", "[1, 2]\n", "TypeError"), ("summary.json", '{"status": "x"}\n', "KeyError"),
+    ("hyper.json", '{"step": 2}\n', "KeyError: 'h'"), ("hyper.json", '{"step": 2, "h": 5}\n',
+                                                        "AttributeError"),
+    ("hyper.json", '{"step": 2, "h": {"w": {"shape": [1], "dtype": "float32", "value": ["x"]}}}',
+     "ValueError")])
+def test_show_of_an_edited_record_names_it_in_one_line(tmp_path, capsys, name, text, what):
+    write_hyper(tmp_path, {"log_lam": torch.zeros(())}, 3)
+    (tmp_path / name).write_text(text)
+    assert main(["show", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{tmp_path / name} is not as a run writes it ({what}" in err
+    assert main(["show", str(tmp_path / name)]) == 2  # a file, not a run directory
+    assert "is not a run directory (a file)" in capsys.readouterr().err

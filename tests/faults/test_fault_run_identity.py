@@ -63,3 +63,28 @@ def test_resume_with_fewer_steps_than_done_is_refused_and_the_record_kept(tmp_pa
     assert json.loads((out / "settings.json").read_text())["steps"] == 3
     assert main(["run", str(config), "--out", str(out), "--resume", "--set", "steps=5"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 5
+
+
+@pytest.mark.parametrize("name, content", [
+    ("metrics.jsonl", b'{"step": 1, "loss": 0.5, "theirs": true}\n'),
+    ("checkpoint.pt", b"not ours"), ("summary.json", b"{}\n")])
+def test_out_holding_a_run_file_of_someone_else_is_refused_before_anything(tmp_path, name,
+                                                                           content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(bilevel.RunDirectoryError, match=f"holds {name} but no settings.json"):
+        train(out=tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [name]
+    assert (tmp_path / name).read_bytes() == content
+
+
+def test_cli_out_holding_a_foreign_checkpoint_is_one_line_and_nothing_written(tmp_path,
+                                                                                capsys):
+    config, _ = cli_run(tmp_path)
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not ours")
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds checkpoint.pt but no settings.json" in err
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
