@@ -1,5 +1,5 @@
 """Data hyper-cleaning on the digits: learn one weight per training example (FO-B-MAML,
-Neumann, DARTS).
+Neumann, DARTS, and the single-loop SOBA, AmIGO, BOME, F2SA).
 
 Half of 600 training labels are corrupted; Adam on the 600 weights lowers the clean
 validation loss. Prints test accuracy with the learned weights against training on the
@@ -25,8 +25,13 @@ SETTINGS = {"n_train": 600, "n_val": 300, "corruption": 0.5, "l2": 1e-2}
 SOLVER = bilevel.solvers.Nesterov(lr=0.5, steps=150, momentum=0.8)
 # sigmoid(+-SATURATED) is 1 or 0 in float32: an example fully in or out of the training loss.
 SATURATED = 30.0
-# label -> estimator; neumann's series and darts's unrolled step take the solver's lr (0.5).
-METHODS = {"FO-B-MAML": "fo-bmaml", "Neumann": "neumann", "DARTS": "darts"}
+# label -> estimator; neumann's series, darts's unrolled step and the single-loop solvers'
+# inner steps take the solver's lr (0.5). The task is the same at every step, so the
+# single-loop solvers carry their variables from step to step (meta_train keeps the state);
+# the solver's 150 steps are their first step's solve only.
+METHODS = {"FO-B-MAML": "fo-bmaml", "Neumann": "neumann", "DARTS": "darts",
+           "SOBA": {"name": "soba", "decay": 0.0}, "AmIGO": {"name": "amigo"},
+           "BOME": {"name": "bome"}, "F2SA": {"name": "f2sa"}}
 
 
 def describe(problem, h) -> dict:
@@ -71,7 +76,11 @@ def markdown(args, results) -> str:
         f"images are the test set; example weight s(w) = sigmoid(w); inner Nesterov (lr "
         f"{SOLVER.lr}, momentum {SOLVER.momentum}, {SOLVER.steps} steps from 0); FO-B-MAML "
         "(symmetric, nu auto), Neumann (20 terms, alpha = the solver's lr), DARTS (xi = the "
-        f"solver's lr), each with Adam lr {args.lr} on the {SETTINGS['n_train']} weights, "
+        "solver's lr); the single-loop SOBA (one step of z and v per outer step, constant "
+        "step size), AmIGO, BOME and F2SA (10 steps per outer step; benchmark_bilevel's other "
+        "defaults), their inner step size the solver's lr and their variables carried from "
+        "step to step (the task is the same at every step), the solver's solve only their "
+        f"start; each with Adam lr {args.lr} on the {SETTINGS['n_train']} weights, "
         f"{args.steps} steps ("
         + ", ".join(f"{label} {s:.0f} s" for label, s in results["seconds"].items())
         + "). AUC: P(weight of a corrupted example "

@@ -173,7 +173,10 @@ def markdown(args, results) -> str:
         "in nu by its tangent recursion, Neumann 20 terms of the series with alpha = the "
         "solver's lr, DARTS one unrolled step with xi = the solver's lr. *compiled*: "
         "compile=True, compile time (a fresh TorchInductor cache in the reference run) "
-        "included in the meta-train time.",
+        "included in the meta-train time. The single-loop solvers (SOBA, AmIGO, BOME, F2SA) "
+        "are not run: they carry each task slot's inner variables from one step to the next, "
+        "and here every meta-step draws fresh tasks, so a slot's variables would belong to a "
+        "task it never sees again.",
         "",
         "Test-time rules: *10 GD steps* = 10 steps of GD at lr 0.01 on the support loss from "
         "theta (the protocol's rule, for every method); *proximal solve* = the B-MAML inner "
