@@ -18,9 +18,9 @@ def setting():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"method": "newton"}, "unknown method 'newton'; expected one of darts, "
-                             "exact, fo-bmaml, fo-bmaml-jvp, fomaml, imaml, maml, neumann, "
-                             "reptile"),
+    [({"method": "newton"}, "unknown method 'newton'; expected one of amigo, bome, "
+                             "darts, exact, f2sa, fo-bmaml, fo-bmaml-jvp, fomaml, imaml, maml, "
+                             "neumann, reptile, soba"),
      ({"scheme": "backward"}, "scheme must be one of 'forward', 'symmetric', 'five-point', "
                               "got 'backward'"),
      ({"nu": 0.0}, "nu must be a finite number > 0, got 0.0"),

@@ -186,7 +186,8 @@ def test_estimator_contract_on_a_cleaning_problem(method):
     meta-learning form that every estimator takes: the result has h's keys, shapes and
     dtype and is finite; two tasks in one batch give the mean of each task alone (tasks that
     differ: the second's inputs halved, its validation labels shifted); nothing returned
-    holds a graph; the same under no_grad."""
+    holds a graph; the same under no_grad. A single-loop method is checked at its second
+    iteration, its state carried from the first."""
     problem = digits_cleaning(regularizer="proximal", theta="learned", learn_lam="scalar")
     h = problem.init_hyper()
     h["example_logit"] = torch.linspace(-2, 2, 40, dtype=F64)
@@ -196,7 +197,13 @@ def test_estimator_contract_on_a_cleaning_problem(method):
     solver = bilevel.solvers.Nesterov(lr=0.5, steps=30, momentum=0.7)
 
     def hypergradient(h, tasks):
-        return bilevel.hypergradient(problem, h, tasks, solver=solver, method=method)
+        """One call; a single-loop method's second iteration (its first direction is d_h f
+        alone, zero here: the state's auxiliary variable starts at 0)."""
+        grad, info = bilevel.hypergradient(problem, h, tasks, solver=solver, method=method)
+        if info.state is None:
+            return grad, info
+        return bilevel.hypergradient(problem, h, tasks, solver=solver, method=method,
+                                     state=info.state)
 
     grad, info = hypergradient(h, tasks)
     assert tree_structure(grad) == tree_structure(h) and info.n_tasks == 2
