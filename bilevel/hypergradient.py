@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 import torch
 
@@ -28,7 +29,7 @@ ON_NON_FINITE = ("raise", "drop", "keep")
 def hypergradient(problem: BilevelProblem, h: dict, tasks, *,
                   solver: InnerSolver | str | dict,
                   method: str | Estimator = "fo-bmaml", on_non_finite: str = "raise",
-                  compile: bool | str | Compilation = False, state: dict | None = None,
+                  compile: bool | str | Compilation = False, state: Mapping | None = None,
                   **options) -> tuple[dict, Info]:
     """Estimate grad F(h), the hypergradient averaged over a batch of tasks.
 

@@ -9,12 +9,14 @@ evaluations, `bilevel.solvers`). Wall time is the other unit. All reading of the
 estimators' cost numbers is in `step_cost`, so a change of that contract is one edit here.
 """
 
+from collections.abc import Mapping
+
 # A Hessian-vector product costs about one more gradient evaluation (reverse over reverse,
 # or forward over reverse); counted as one, like an inner gradient evaluation.
 HVP_WEIGHT = 1.0
 
 
-def step_cost(info: dict) -> float:
+def step_cost(info: Mapping) -> float:
     """Inner gradient evaluations + HVP_WEIGHT * HVPs of an estimator's `info`, or of a
     `meta_train` history record (which holds the step's info scalars under the same
     names). Estimators that report no HVPs count none."""

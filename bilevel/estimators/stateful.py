@@ -30,6 +30,7 @@ match the call is refused (`check_state`).
 import abc
 import math
 import numbers
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -67,6 +68,7 @@ class StatefulEstimator(Estimator):
     """
 
     stateful: ClassVar[bool] = True
+    lr: float | None  # each subclass's dataclass field (an annotation here, not a field)
 
     @abc.abstractmethod
     def start(self, problem, phi: dict, h: dict, task) -> dict:
@@ -82,7 +84,10 @@ class StatefulEstimator(Estimator):
     def cost(self) -> Cost:
         """The cost of one iteration on one task."""
 
-    inner_updates: ClassVar[int] = 1
+    @property
+    def inner_updates(self) -> int:
+        """The inner-variable updates of one iteration (Info's inner_steps)."""
+        return 1
 
     def step_size(self, solver) -> float:
         """The inner step size: the option `lr`, or the solver's."""
@@ -113,7 +118,7 @@ class StatefulEstimator(Estimator):
         return self.start(problem, phi, h, task) | {START_NORM: start_norm}
 
     def __call__(self, problem, h, tasks, solver, *, compilation: Compilation = EAGER,
-                 state: dict | None = None) -> tuple[dict, Info]:
+                 state: Mapping | None = None) -> tuple[dict, Info]:
         lr = self.step_size(solver)
         cost = Cost()
         if state is None:

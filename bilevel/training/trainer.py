@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -140,7 +140,7 @@ class _Run:
             raise InvalidInputError(f"warm_start cannot be used with {spec.method.name!r}, which "
                                     "carries its own inner variables across steps")
         # A stateful estimator's state (single-loop methods): one slot per task of the step.
-        self.estimator_state: dict | None = None
+        self.estimator_state: Mapping | None = None
         self.warned_unconverged = False
         self.out = None if out is None else Path(out)
         self.processes = distributed.Processes()
