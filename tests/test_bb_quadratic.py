@@ -2,6 +2,9 @@
 against autograd through the solved inner problem, the estimators against it, its tasks
 against the per-sample quadratics, and the spectrum of its draw. Float64."""
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from torch.func import grad
@@ -112,3 +115,19 @@ def test_the_script_runs_registered_single_loop_solvers_with_their_known_options
     assert setting.method == {"name": "darts", "xi": 0.05}
     assert (setting.steps, setting.outer_lr, setting.inner_steps, setting.inner_lr,
             setting.batches) == (7, 0.2, 3, 0.1, 1)
+
+
+def test_example_counts_a_level_reached_only_where_the_curve_stays_below_it(tmp_path):
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples"
+                                / "bb_quadratic.py"))
+    dips = [(10, 0.0, 1.0), (20, 0.0, 0.01), (30, 0.0, 0.5), (40, 0.0, 0.02), (50, 0.0, 0.03)]
+    settles = [(10, 0.0, 1.0), (20, 0.0, 0.5), (30, 0.0, 0.04), (40, 0.0, 0.03), (50, 0.0, 0.02)]
+    assert script["reach"]([settles], 0.05) == 30
+    assert script["reach"]([dips], 0.05) == 40  # the dip at 20 does not count
+    assert script["reach"]([dips], 0.015) is None  # below it only in passing
+    assert script["reach"]([dips, settles, settles], 0.05) == 30  # the median seed's
+    script["main"](["--quick", "--out", str(tmp_path)])
+    page = (tmp_path / "bb_quadratic.md").read_text()
+    (tmp_path / "bb_quadratic.md").unlink()
+    script["main"](["--render", "--out", str(tmp_path)])  # from the JSON, nothing run
+    assert (tmp_path / "bb_quadratic.md").read_text() == page
