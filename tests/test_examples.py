@@ -45,3 +45,20 @@ def test_example_runs_quick_and_writes_finite_results(name, tmp_path):
     values = numbers(results)
     assert values and all(math.isfinite(x) for x in values)
     assert (tmp_path / f"{OUTPUTS[name]}.md").read_text().startswith("# ")
+
+
+def test_sinusoid_adds_rows_to_an_earlier_run_of_the_same_settings(tmp_path):
+    sinusoid = load("sinusoid")
+    quick = ["--quick", "--device", "cpu", "--out", str(tmp_path)]
+    sinusoid.main([*quick, "--methods", "MAML", "Reptile"])
+    before = json.loads((tmp_path / "sinusoid.json").read_text())["results"]
+    sinusoid.main([*quick, "--methods", "FO-MAML", "--add"])
+    after = json.loads((tmp_path / "sinusoid.json").read_text())
+    assert after["results"]["MAML"] == before["MAML"]  # kept, not run again
+    assert after["settings"]["methods"] == ["MAML", "FO-MAML", "Reptile"]  # METHODS' order
+    assert after["settings"]["added"] == ["FO-MAML"]
+    page = (tmp_path / "sinusoid.md").read_text()
+    assert all(f"| {name} |" in page for name in ("MAML", "FO-MAML", "Reptile"))
+    assert "Rows FO-MAML: added by" in page
+    with pytest.raises(SystemExit, match="other seed"):
+        sinusoid.main([*quick, "--seed", "1", "--methods", "FO-MAML", "--add"])
