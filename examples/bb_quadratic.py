@@ -336,9 +336,19 @@ def markdown(settings: list, summary: dict, curves: dict, skipped: list, command
     return "\n".join(lines + [""] + goal(summary, curves, loops)) + "\n"
 
 
+def rounded(row) -> tuple:
+    """A curve's row as the JSON keeps it (a compact file): oracle calls, seconds to the
+    millisecond, ||grad F||^2 to 4 significant digits."""
+    oracles, seconds, value = row
+    return int(oracles), round(seconds, 3), float(f"{value:.4g}")
+
+
 def write(out: Path, settings: list, curves: dict, skipped: list, seeds: list,
           command: str) -> dict:
-    """<out>/bb_quadratic.{md,json,png} from the curves; returns the summary."""
+    """<out>/bb_quadratic.{md,json,png} from the curves, rounded as the JSON keeps them
+    (so that --render gives the same page); returns the summary."""
+    curves = {label: [[rounded(row) for row in r] for r in runs]
+              for label, runs in curves.items()}
     summary = summarize(curves)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{NAME}.md").write_text(markdown(settings, summary, curves, skipped, command))
@@ -347,7 +357,7 @@ def write(out: Path, settings: list, curves: dict, skipped: list, seeds: list,
          "skipped": skipped, "seeds": seeds, "results": {
              "summary": summary,
              "curves": {k: [[list(row) for row in r] for r in v] for k, v in curves.items()}}},
-        indent=1))
+        separators=(",", ":")))
     plot(curves, out / f"{NAME}.png")
     return summary
 
