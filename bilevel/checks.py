@@ -114,6 +114,14 @@ def not_regular(path) -> str | None:
     return next((kind for test, kind in kinds if test(mode)), None)
 
 
+def non_negative(name: str, value) -> float:
+    """A finite number >= 0 (a float option's lower bound, which `option` cannot state)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def optional_positive(name: str, value) -> float | None:
     return None if value is None else positive(name, value)
 

@@ -30,7 +30,6 @@ from bilevel.estimators.stateful import (
     StatefulEstimator,
     decayed,
     inner_gradient,
-    non_negative,
 )
 from bilevel.info import LOSS_KEY, Cost
 from bilevel.tree import ravel, tree_map
@@ -61,7 +60,7 @@ class F2SA(StatefulEstimator):
 
     def __post_init__(self):
         super().__post_init__()
-        non_negative("delta_lmbda", self.delta_lmbda)
+        checks.non_negative("delta_lmbda", self.delta_lmbda)
 
     @property
     def inner_updates(self) -> int:

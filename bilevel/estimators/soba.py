@@ -26,7 +26,6 @@ from bilevel.estimators.stateful import (
     StatefulEstimator,
     decayed,
     inner_gradient,
-    non_negative,
     outer_gradients,
 )
 from bilevel.info import LOSS_KEY, Cost
@@ -51,7 +50,7 @@ class SOBA(StatefulEstimator):
 
     def __post_init__(self):
         super().__post_init__()
-        non_negative("decay", self.decay)
+        checks.non_negative("decay", self.decay)
 
     def start(self, problem, phi, h, task):
         return {"z": phi, "v": tree_map(torch.zeros_like, phi),

@@ -28,8 +28,6 @@ match the call is refused (`check_state`).
 """
 
 import abc
-import math
-import numbers
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -188,11 +186,3 @@ def decayed(lr: float, t: torch.Tensor, exponent: float, like: torch.Tensor) -> 
     """benchmark_bilevel's step-size schedule lr / (t + 1)^exponent at iteration t = 0, 1,
     ... (benchmark_utils/learning_rate_scheduler.py), in the dtype of `like`."""
     return lr / (t + 1).to(like.dtype) ** exponent
-
-
-def non_negative(name: str, value) -> float:
-    """A finite number >= 0 (an option whose bound `checks.option` cannot state)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
